@@ -1,0 +1,1 @@
+"""genlab: a JAX/Flax research codebase for generative models."""

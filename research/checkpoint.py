@@ -1,0 +1,164 @@
+"""Checkpoints with Orbax: the whole train state, the run's PRNG key and the data position.
+
+A checkpoint is an Orbax `Composite` of three items:
+  state: the family's train state as a state dict (params, optimizer state, EMA, step, ...) and
+         the run's base PRNG key,
+  data:  the grain iterator's position (per host), so a resumed run sees the same batches,
+  meta:  JSON (config, step) for humans and tools.
+The latest `keep` checkpoints are kept, plus the best one by an eval metric when one is named.
+Restoring targets the current mesh, so a run may resume on a different device count.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+from typing import Any
+
+import flax.serialization
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from orbax.checkpoint import checkpoint_managers as cm
+
+from research import optim
+
+
+class Checkpointer:
+  """Thin wrapper over `ocp.CheckpointManager` with the project's layout and policies."""
+
+  def __init__(self, directory: str, *, keep: int = 3, best_metric: str = '',
+               best_mode: str = 'min', async_save: bool = True, read_only: bool = False):
+    policies = [cm.LatestN(keep)]
+    if best_metric:
+      policies.append(cm.BestN(get_metric_fn=lambda m: m[best_metric], n=1,
+                               reverse=(best_mode == 'max'),
+                               keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=cm.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save, create=not read_only, read_only=read_only)
+    self.best_metric = best_metric
+    self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, rng: jax.Array, data_iter, meta: dict,
+           metrics: dict | None = None) -> None:
+    if metrics is not None and self.best_metric not in metrics:
+      metrics = None  # only eval steps rank for "best"
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave({'train': flax.serialization.to_state_dict(state),
+                                     'rng': jax.random.key_data(rng)}),
+        data=grain.checkpoint.CheckpointSave(data_iter),
+        meta=ocp.args.JsonSave(meta))
+    self.manager.save(step, args=args, metrics=metrics, force=True)
+
+  def restore(self, step: int | None, state, rng: jax.Array, data_iter=None):
+    """Restores onto the shardings of `state` (the freshly initialised state on this mesh).
+    Returns (state, rng); moves `data_iter` to the saved position when given."""
+    step = self.latest_step() if step is None else step
+    target = {'train': flax.serialization.to_state_dict(state),
+              'rng': jax.random.key_data(rng)}
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    items = {'state': ocp.args.StandardRestore(abstract)}
+    if data_iter is not None:
+      items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    tree = restored['state']
+    state = flax.serialization.from_state_dict(state, tree['train'])
+    return state, jax.random.wrap_key_data(tree['rng'])
+
+  def restore_params(self, step: int | None) -> dict:
+    """The raw (host numpy) train-state dict of a checkpoint, for transfer learning."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {self.manager.directory}')
+    restored = self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return restored['state']['train']
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Transfer learning
+
+
+def parse_param_map(text: str) -> list[tuple[str, str]]:
+  """'dst_regex=src_repl,...' -> [(dst_regex, src_repl)]; validated by configs."""
+  rules = []
+  for item in filter(None, (t.strip() for t in text.split(','))):
+    dst, _, src = item.partition('=')
+    rules.append((dst.strip(), src.strip()))
+  return rules
+
+
+def transfer_params(target: Any, source: dict, param_map: str = '') -> tuple[Any, dict]:
+  """Copies parameters from `source` (a nested dict, e.g. another run's params) into `target`.
+
+  Each target path ('encoder/Dense_0/kernel') is mapped to a source path by the first rule whose
+  regex matches it (`re.sub(dst_regex, src_repl, path)`), or kept as is. A leaf is copied when
+  the source has that path with the same shape; otherwise it keeps its fresh initialisation.
+  Returns (new target, report with the copied and kept paths).
+  """
+  rules = [(re.compile(d), s) for d, s in parse_param_map(param_map)]
+  flat_src = {optim.param_path(p): np.asarray(v)
+              for p, v in jax.tree_util.tree_flatten_with_path(source)[0]}
+  copied, kept = [], []
+
+  def pick(path, leaf):
+    name = optim.param_path(path)
+    src = name
+    for regex, repl in rules:
+      if regex.search(name):
+        src = regex.sub(repl, name)
+        break
+    value = flat_src.get(src)
+    if value is not None and value.shape == np.shape(leaf):
+      copied.append(name)
+      return value.astype(np.asarray(leaf).dtype) if hasattr(leaf, 'dtype') else value
+    kept.append(name)
+    return leaf
+
+  new = jax.tree_util.tree_map_with_path(pick, target)
+  return new, {'copied': copied, 'kept': kept}
+
+
+# ---------------------------------------------------------------------------------------------
+# Preemption
+
+
+class PreemptionGuard:
+  """SIGTERM/SIGINT (TPU VM preemption, Ctrl-C) -> a flag the loop checks at step boundaries,
+  so the run saves a checkpoint and exits 0 instead of dying mid-step."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.requested = False
+    self._previous = {}
+
+  def _handler(self, signum, frame):
+    del frame
+    logging.warning('received signal %d: checkpointing at the next step boundary', signum)
+    self.requested = True
+
+  def __enter__(self):
+    for s in self.SIGNALS:
+      try:
+        self._previous[s] = signal.signal(s, self._handler)
+      except ValueError:  # not the main thread (e.g. inside some test runners): no handler
+        pass
+    return self
+
+  def __exit__(self, *exc):
+    for s, h in self._previous.items():
+      signal.signal(s, h)
+    return False

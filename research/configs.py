@@ -1,0 +1,223 @@
+"""The config schema every experiment starts from, and its validation.
+
+An experiment's `get_config()` calls `configs.defaults(family)` and sets what differs, so every
+field below exists in every config and can be overridden from the command line
+(`--config.optimizer.lr=3e-4`). `validate()` runs before anything compiles or touches the
+workdir; every problem is one `ConfigError` naming the field and the fix.
+
+Families add their own sections (`model`, `objective`, extra `eval` fields) through
+`Family.config_defaults()` and check them in `Family.validate_config()`.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Iterable
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config problem, phrased as one line: the field, what is wrong, how to fix it."""
+
+
+# Families the harness knows: name -> "module:Class". Imported lazily so a config error never
+# pays for importing (and compiling) a family.
+FAMILIES = {
+    'vae': 'research.vae.family:VAE',
+}
+
+
+def common_defaults() -> ml_collections.ConfigDict:
+  """Fields shared by every family, with their defaults. The single place they are documented."""
+  c = ml_collections.ConfigDict()
+  c.family = 'vae'            # a key of FAMILIES
+  c.seed = 0                  # one seed for init, data order, augmentation and training noise
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'fashion_mnist'   # fashion_mnist | mnist | digits | cifar10 (see research/data)
+  c.data.source = 'package'       # 'package': built offline from an installed package;
+                                  # 'tfds': the standard TFDS catalog (cloud path, needs TF)
+  c.data.data_dir = ''            # TFDS data_dir; '' = ~/tensorflow_datasets
+  c.data.train_split = 'train'
+  c.data.eval_split = 'test'
+  c.data.num_eval_examples = -1   # -1 = the whole eval split
+  c.data.augment = ml_collections.ConfigDict()
+  c.data.augment.flip = False           # random horizontal flip
+  c.data.augment.crop_pad = 0           # pad by this many pixels then random-crop back
+  c.data.augment.dequantize = False     # uniform noise in [0, 1/256) on [0, 1] pixels
+  c.data.augment.binarize = 'none'      # none | dynamic (Bernoulli per draw) | threshold
+  c.data.read_threads = 4               # grain prefetch threads on each host
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = 'adam'       # sgd | momentum | adam | adamw | adagrad | rmsprop | lamb
+  c.optimizer.lr = 1e-3           # peak learning rate
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+  c.optimizer.momentum = 0.9      # sgd/momentum only
+  c.optimizer.nesterov = False
+  c.optimizer.weight_decay = 0.0  # decoupled (adamw) or L2 added to grads (others)
+  c.optimizer.decay_norms_and_biases = False  # False: mask out 1-D params (biases, norm scales)
+  c.optimizer.clip_grad_norm = 0.0            # 0 = no clipping
+  c.optimizer.grad_accum_steps = 1            # microbatches per step (scan inside the step)
+  c.optimizer.ema_decay = 0.0                 # 0 = no EMA; eval and sampling use EMA params
+  c.optimizer.frozen = ''                     # comma-separated regexes of param paths to freeze
+  c.optimizer.schedule = ml_collections.ConfigDict()
+  c.optimizer.schedule.name = 'constant'  # constant | warmup_cosine | warmup_linear |
+                                          # exponential | piecewise | warmup_rsqrt
+  c.optimizer.schedule.warmup_steps = 0
+  c.optimizer.schedule.decay_steps = 0      # 0 = train.num_steps
+  c.optimizer.schedule.end_value = 0.0      # final lr as a fraction of optimizer.lr
+  c.optimizer.schedule.decay_rate = 0.1     # exponential: lr * decay_rate ** (step / decay_steps)
+  c.optimizer.schedule.boundaries = ''      # piecewise: comma-separated steps, e.g. '1000,2000'
+  c.optimizer.schedule.scales = ''          # piecewise: multipliers at those steps, e.g. '0.1,0.1'
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 128        # global batch over all devices and hosts
+  c.train.num_steps = 1000
+  c.train.log_every = 100
+  c.train.eval_every = 1000       # also at the last step
+  c.train.sample_every = 1000     # sample grids (PNG) and raw samples (.npz)
+  c.train.checkpoint_every = 1000
+  c.train.keep_checkpoints = 3    # latest K kept, plus the best by eval.best_metric
+  c.train.async_checkpoints = True
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 500         # global eval batch; the last batch is padded and masked
+  c.eval.num_samples = 64         # samples drawn at each sample step
+  c.eval.best_metric = ''         # e.g. 'neg_elbo'; '' = keep no "best" checkpoint
+  c.eval.best_mode = 'min'        # min | max
+
+  c.init_from = ml_collections.ConfigDict()  # transfer learning from another run
+  c.init_from.workdir = ''        # '' = train from scratch
+  c.init_from.step = -1           # -1 = that run's latest checkpoint
+  c.init_from.param_map = ''      # 'dst_regex=src_prefix,...'; '' = same paths
+
+  c.curriculum = ml_collections.ConfigDict()  # a step-dependent value handed to the family
+  c.curriculum.name = 'none'      # none | linear | piecewise | (see research/curriculum.py)
+  c.curriculum.start = 0.0
+  c.curriculum.end = 1.0
+  c.curriculum.steps = 0          # linear: steps to go from start to end
+  c.curriculum.boundaries = ''    # piecewise: comma-separated steps
+  c.curriculum.values = ''        # piecewise: comma-separated values (one more than boundaries)
+  return c
+
+
+def family_class(name: str):
+  """Imports and returns the Family class registered under `name`."""
+  if name not in FAMILIES:
+    raise ConfigError(f'config.family={name!r}: unknown family; use one of {sorted(FAMILIES)}')
+  module, cls = FAMILIES[name].split(':')
+  return getattr(importlib.import_module(module), cls)
+
+
+def defaults(family: str) -> ml_collections.ConfigDict:
+  """The full default config for a family: common fields plus the family's own sections."""
+  c = common_defaults()
+  c.family = family
+  _merge(c, family_class(family).config_defaults())
+  return c
+
+
+def _merge(dst: ml_collections.ConfigDict, src: ml_collections.ConfigDict) -> None:
+  for k, v in src.items():
+    if isinstance(v, ml_collections.ConfigDict) and k in dst:
+      _merge(dst[k], v)
+    else:
+      dst[k] = v
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def _leaves(c, prefix='config'):
+  for k, v in c.items():
+    path = f'{prefix}.{k}'
+    if isinstance(v, (ml_collections.ConfigDict, dict)):
+      yield from _leaves(v, path)
+    else:
+      yield path, k, v
+
+
+def _types_ok(value, default) -> bool:
+  if default is None or value is None:
+    return True
+  if isinstance(default, bool):
+    return isinstance(value, bool)
+  if isinstance(default, float):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if isinstance(default, int):
+    return isinstance(value, int) and not isinstance(value, bool)
+  if isinstance(default, (tuple, list)):
+    return isinstance(value, (tuple, list))
+  return isinstance(value, type(default))
+
+
+def check_schema(config, schema, prefix='config') -> None:
+  """Unknown keys and wrong types, against the defaults of the config's family."""
+  for k, v in config.items():
+    path = f'{prefix}.{k}'
+    if k not in schema:
+      known = ', '.join(sorted(schema.keys()))
+      raise ConfigError(f'{path}: unknown field; known fields here: {known}')
+    d = schema[k]
+    if isinstance(d, ml_collections.ConfigDict):
+      if not isinstance(v, (ml_collections.ConfigDict, dict)):
+        raise ConfigError(f'{path}: must be a section (ConfigDict), got {type(v).__name__}')
+      check_schema(v, d, path)
+    elif not _types_ok(v, d):
+      raise ConfigError(f'{path}={v!r}: must be {type(d).__name__}, got {type(v).__name__}')
+
+
+def require(ok: bool, field: str, value: Any, why: str) -> None:
+  """Raises a one-line ConfigError for `config.<field>` unless `ok`."""
+  if not ok:
+    raise ConfigError(f'config.{field}={value!r}: {why}')
+
+
+def parse_list(text: str, field: str, cast: Callable = float) -> list:
+  """Comma-separated config strings ('1000,2000') -> list, with a clear error."""
+  if not text.strip():
+    return []
+  try:
+    return [cast(t) for t in text.split(',')]
+  except ValueError:
+    raise ConfigError(f'config.{field}={text!r}: must be comma-separated '
+                      f'{cast.__name__}s, e.g. "1000,2000"') from None
+
+
+def one_of(value, choices: Iterable, field: str) -> None:
+  choices = list(choices)
+  require(value in choices, field, value, f'must be one of {choices}')
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
+  """Checks a whole config; raises ConfigError on the first problem. Cheap: compiles nothing."""
+  fam = family_class(config.family)
+  check_schema(config, defaults(config.family))
+  # Local imports keep `configs` importable from every module without cycles.
+  from research import curriculum, optim
+  from research.data import datasets
+  t = config.train
+  require(t.num_steps > 0, 'train.num_steps', t.num_steps, 'must be > 0')
+  require(t.batch_size > 0, 'train.batch_size', t.batch_size, 'must be > 0')
+  require(t.batch_size % num_devices == 0, 'train.batch_size', t.batch_size,
+          f'must divide by the {num_devices} devices; use a multiple of {num_devices}')
+  require(t.batch_size % num_processes == 0, 'train.batch_size', t.batch_size,
+          f'must divide by the {num_processes} hosts')
+  for name in ('log_every', 'eval_every', 'sample_every', 'checkpoint_every', 'keep_checkpoints'):
+    require(t[name] > 0, f'train.{name}', t[name], 'must be > 0')
+  e = config.eval
+  require(e.batch_size > 0 and e.batch_size % num_devices == 0, 'eval.batch_size', e.batch_size,
+          f'must be > 0 and divide by the {num_devices} devices')
+  require(e.num_samples >= 0, 'eval.num_samples', e.num_samples, 'must be >= 0')
+  one_of(e.best_mode, ('min', 'max'), 'eval.best_mode')
+  optim.validate(config.optimizer, t.num_steps)
+  datasets.validate(config.data)
+  curriculum.validate(config.curriculum)
+  if config.init_from.workdir:
+    import os
+    require(os.path.isdir(config.init_from.workdir), 'init_from.workdir',
+            config.init_from.workdir, 'no such directory; point it at a finished run')
+  fam.validate_config(config)

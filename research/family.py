@@ -1,0 +1,81 @@
+"""The interface a generative family implements to plug into the harness.
+
+The harness (`research/trainer.py`) owns the loop, devices, checkpoints, logging and the eval
+cadence; a family only supplies pure functions. Every step function is written **per device**
+(the pmap programming model): inside it the batch is this device's shard, the mesh axis
+`parallel.AXIS` is bound, and cross-device reductions are explicit, e.g.
+`lax.pmean(grads, parallel.AXIS)`. `research/train_state.py` has the standard one-optimizer step
+that most families reuse.
+
+Batches are dicts of arrays; image datasets give `image` (float32 in [0, 1], NHWC) and `label`.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+
+PyTree = Any
+Metrics = Mapping[str, jax.Array]
+
+
+class Family(abc.ABC):
+  """A generative family. Construct with the full (validated) config."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+
+  # --- config -------------------------------------------------------------------------------
+  @classmethod
+  def config_defaults(cls) -> ml_collections.ConfigDict:
+    """The family's own sections/fields with defaults (merged into `configs.common_defaults`)."""
+    return ml_collections.ConfigDict()
+
+  @classmethod
+  def validate_config(cls, config: ml_collections.ConfigDict) -> None:
+    """Raises `configs.ConfigError` on an impossible value in the family's fields."""
+
+  # --- pure functions (per device) ----------------------------------------------------------
+  @abc.abstractmethod
+  def init_state(self, key: jax.Array, batch: Mapping[str, jax.Array]) -> PyTree:
+    """Builds the train state from an example (per-device) batch. The state is a pytree with a
+    scalar `step` field; the harness replicates it on every device and checkpoints it whole."""
+
+  @abc.abstractmethod
+  def train_step(self, state: PyTree, batch: Mapping[str, jax.Array],
+                 key: jax.Array) -> tuple[PyTree, Metrics]:
+    """One update. `key` is fresh at every step and the same on every device (derive noise with
+    `parallel.per_example_keys` or `parallel.device_key`). Returned metrics are scalars already averaged over `AXIS`."""
+
+  @abc.abstractmethod
+  def eval_step(self, state: PyTree, batch: Mapping[str, jax.Array],
+                key: jax.Array) -> Mapping[str, jax.Array]:
+    """Per-example metrics, each of shape [local_batch]. The harness drops padded examples and
+    averages over the whole eval split, so results do not depend on batch or device count."""
+
+  def sample(self, state: PyTree, key: jax.Array, num: int) -> Mapping[str, jax.Array]:
+    """`num` samples on this device as a dict of arrays with leading dim `num`. An `images`
+    entry (NHWC in [0, 1]) is written as a PNG grid; everything is saved to `.npz`."""
+    return {}
+
+  def visualize(self, state: PyTree, batch: Mapping[str, jax.Array],
+                key: jax.Array) -> Mapping[str, jax.Array]:
+    """Optional image grids built from a data batch (e.g. reconstructions, interpolations):
+    name -> [N, H, W, C] in [0, 1], one PNG each."""
+    return {}
+
+  def eval_params(self, state: PyTree) -> PyTree:
+    """The state eval and sampling use (EMA parameters where the family keeps them)."""
+    return state
+
+  # --- host-side hooks ----------------------------------------------------------------------
+  def apply_curriculum(self, batch: dict, value: float) -> dict:
+    """Host-side transform of a batch by the curriculum value at the current step."""
+    return batch
+
+  def host_eval(self, state: PyTree, eval_batches, key: jax.Array) -> dict:
+    """Extra eval that is not a per-example mean (a family may override). Runs on the host
+    with jitted pieces of its own; returns scalar metrics."""
+    return {}

@@ -1,0 +1,99 @@
+"""Where metrics go: TensorBoard events, a JSONL log, the console, PNG grids and .npz samples.
+
+Only process 0 writes files; every process may call these methods.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from research import images as image_lib
+
+
+def _scalar(v):
+  v = np.asarray(v)
+  return v.item() if v.size == 1 else v.tolist()
+
+
+class MetricWriter:
+  """One writer per run; `workdir` layout: tb/, metrics.jsonl, samples/."""
+
+  def __init__(self, workdir: str, total_steps: int, batch_size: int):
+    self.workdir = workdir
+    self.total_steps = total_steps
+    self.batch_size = batch_size
+    self.is_main = jax.process_index() == 0
+    self._tb = None
+    self._jsonl = None
+    if self.is_main:
+      from tensorboardX import SummaryWriter  # imported here: only process 0 needs it
+      os.makedirs(workdir, exist_ok=True)
+      self._tb = SummaryWriter(os.path.join(workdir, 'tb'))
+      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    self._last_time = None
+    self._last_step = None
+
+  def write_scalars(self, step: int, metrics: dict, prefix: str) -> None:
+    if not self.is_main:
+      return
+    metrics = {k: _scalar(v) for k, v in metrics.items()}
+    for k, v in metrics.items():
+      if isinstance(v, (int, float)):
+        self._tb.add_scalar(f'{prefix}/{k}', v, step)
+    self._jsonl.write(json.dumps({'step': step, 'split': prefix, **metrics}) + '\n')
+    self._jsonl.flush()
+    self._tb.flush()
+
+  def progress(self, step: int, metrics: dict) -> dict:
+    """Console line with step, loss, steps/s, examples/s, ETA; returns the throughput numbers."""
+    now = time.perf_counter()
+    rates = {}
+    if self._last_time is not None and step > self._last_step:
+      sps = (step - self._last_step) / (now - self._last_time)
+      rates = {'steps_per_sec': sps, 'examples_per_sec': sps * self.batch_size}
+    self._last_time, self._last_step = now, step
+    if self.is_main:
+      parts = [f'step {step}/{self.total_steps}']
+      parts += [f'{k} {_scalar(v):.4g}' for k, v in sorted(metrics.items())
+                if np.asarray(v).size == 1]
+      if rates:
+        eta = (self.total_steps - step) / rates['steps_per_sec']
+        parts += [f"{rates['steps_per_sec']:.1f} steps/s",
+                  f"{rates['examples_per_sec']:.0f} ex/s",
+                  f'ETA {datetime.timedelta(seconds=int(eta))}']
+      logging.info(' | '.join(parts))
+    return rates
+
+  def write_images(self, step: int, grids: dict) -> None:
+    """name -> [N, H, W, C] in [0, 1]: samples/<name>_<step>.png and a TensorBoard image."""
+    if not self.is_main:
+      return
+    for name, imgs in grids.items():
+      imgs = np.asarray(imgs)
+      scale = max(1, 64 // imgs.shape[1])
+      image_lib.save_png(os.path.join(self.workdir, 'samples', f'{name}_{step:07d}.png'), imgs,
+                         scale=scale)
+      self._tb.add_image(f'{name}', image_lib.make_grid(imgs), step, dataformats='HWC')
+
+  def write_arrays(self, step: int, name: str, arrays: dict) -> str | None:
+    if not self.is_main:
+      return None
+    path = os.path.join(self.workdir, 'samples', f'{name}_{step:07d}.npz')
+    image_lib.save_npz(path, arrays)
+    return path
+
+  def write_json(self, name: str, obj: dict) -> None:
+    if self.is_main:
+      with open(os.path.join(self.workdir, name), 'w') as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=_scalar)
+
+  def close(self) -> None:
+    if self.is_main:
+      self._tb.close()
+      self._jsonl.close()

@@ -1,0 +1,263 @@
+"""The harness: one training loop, eval and sampling for every family.
+
+It owns devices (a data-parallel mesh over every device of every host), the data pipeline,
+checkpoints (resume, preemption, transfer), logging and the eval/sample cadence. A family only
+supplies the pure per-device functions of `research.family.Family`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from research import checkpoint as ckpt_lib
+from research import configs, curriculum, optim, parallel
+from research.data import pipeline
+from research.metric_writers import MetricWriter
+
+
+@dataclasses.dataclass
+class Experiment:
+  """A family bound to a mesh: its compiled per-device functions and the run's keys."""
+  config: ml_collections.ConfigDict
+  family: Any
+  mesh: jax.sharding.Mesh
+  init: Callable
+  train_step: Callable
+  eval_step: Callable
+  sample: Callable
+  visualize: Callable
+
+  @property
+  def num_devices(self) -> int:
+    return self.mesh.size
+
+
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Experiment:
+  """Binds the config's family to a mesh and wraps its functions for data parallelism."""
+  mesh = mesh or parallel.make_mesh()
+  family = configs.family_class(config.family)(config)
+  ndev = mesh.size
+  samples_per_device = -(-config.eval.num_samples // ndev)  # ceil
+
+  def train_step(state, batch, key):
+    return family.train_step(state, batch, jax.random.fold_in(key, state.step))
+
+  def eval_step(state, batch, key):
+    return family.eval_step(state, batch, key), batch['mask']
+
+  def sample(state, key):
+    return family.sample(state, parallel.device_key(key), samples_per_device)
+
+  def visualize(state, batch, key):
+    return family.visualize(state, batch, parallel.device_key(key))
+
+  dp = parallel.data_parallel
+  return Experiment(
+      config=config, family=family, mesh=mesh,
+      init=dp(family.init_state, mesh, batch_args=(1,), out_batched=False),
+      train_step=dp(train_step, mesh, batch_args=(1,), out_batched=(False, False),
+                    donate_argnums=(0,)),
+      eval_step=dp(eval_step, mesh, batch_args=(1,), out_batched=True),
+      sample=dp(sample, mesh, batch_args=(), out_batched=True),
+      visualize=dp(visualize, mesh, batch_args=(1,), out_batched=True))
+
+
+def _keys(seed: int):
+  init_key, train_key, eval_key, sample_key = jax.random.split(jax.random.key(seed), 4)
+  return init_key, train_key, eval_key, sample_key
+
+
+def _train_iterator(config):
+  return pipeline.train_iterator(config.data, config.train.batch_size, config.seed,
+                                 jax.process_index(), jax.process_count())
+
+
+def _eval_batches(config):
+  return pipeline.eval_batches(config.data, config.eval.batch_size, jax.process_index(),
+                               jax.process_count(), seed=config.seed)
+
+
+def init_state(exp: Experiment, data_iter):
+  """Fresh, replicated train state. Peeks at one batch for shapes without consuming it."""
+  position = data_iter.get_state()
+  batch = next(data_iter)
+  data_iter.set_state(position)
+  init_key = _keys(exp.config.seed)[0]
+  return exp.init(init_key, parallel.host_batch_to_global(batch, exp.mesh))
+
+
+def evaluate(exp: Experiment, state, key) -> dict:
+  """Per-example eval metrics averaged over the whole eval split (padding dropped)."""
+  sums, count = {}, 0.0
+  for i, batch in enumerate(_eval_batches(exp.config)):
+    out, mask = exp.eval_step(state, parallel.host_batch_to_global(batch, exp.mesh),
+                              jax.random.fold_in(key, i))
+    out, mask = parallel.to_host((out, mask))
+    for k, v in out.items():
+      sums[k] = sums.get(k, 0.0) + float(np.sum(np.asarray(v, np.float64) * mask))
+    count += float(mask.sum())
+  metrics = {k: v / count for k, v in sums.items()} | {'num_examples': int(count)}
+  return metrics | exp.family.host_eval(state, _eval_batches(exp.config), key)
+
+
+def write_samples(exp: Experiment, state, key, writer: MetricWriter, step: int) -> dict:
+  """Sample grids (PNG), raw samples (.npz) and the family's visualizations of a data batch."""
+  out = {}
+  if exp.config.eval.num_samples:
+    samples = parallel.to_host(exp.sample(state, key))
+    samples = {k: v[:exp.config.eval.num_samples] for k, v in samples.items()}
+    if 'images' in samples:
+      writer.write_images(step, {'samples': samples['images']})
+    out['npz'] = writer.write_arrays(step, 'samples', samples)
+  batch = next(iter(_eval_batches(exp.config)))
+  grids = parallel.to_host(exp.visualize(
+      state, parallel.host_batch_to_global(batch, exp.mesh), jax.random.fold_in(key, 1)))
+  writer.write_images(step, grids)
+  return out
+
+
+def _meta(config, step: int) -> dict:
+  return {'step': step, 'config': json.loads(config.to_json_best_effort())}
+
+
+def _transfer(exp: Experiment, state):
+  """Initialises parameters from another run's checkpoint (transfer learning)."""
+  src = exp.config.init_from
+  source = ckpt_lib.Checkpointer(os.path.join(src.workdir, 'checkpoints'), read_only=True)
+  tree = source.restore_params(None if src.step < 0 else src.step)
+  source.close()
+  host_params = parallel.to_host(state.params)
+  params, report = ckpt_lib.transfer_params(host_params, tree['params'], src.param_map)
+  if not report['copied']:
+    raise ValueError(f'init_from.workdir={src.workdir!r}: no parameter matched by path and '
+                     'shape; set init_from.param_map')
+  logging.info('transfer: copied %d params from %s, kept %d fresh: %s', len(report['copied']),
+               src.workdir, len(report['kept']), report['kept'])
+  params = parallel.put_replicated(params, exp.mesh)
+  # Optimizer state and EMA restart from the transferred parameters.
+  fresh = type(state).create(params, state.tx, state.model_state, state.ema_decay) \
+      if hasattr(type(state), 'create') else state.replace(params=params)
+  return jax.device_put(fresh, parallel.replicated(exp.mesh))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str,
+          on_step: Callable[[int, dict], None] | None = None,
+          mesh: jax.sharding.Mesh | None = None) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns the final metrics.
+
+  `on_step(step, host_batch)` is called after each step (tests and tools use it).
+  """
+  exp = build(config, mesh)
+  t = config.train
+  _, train_key, eval_key, sample_key = _keys(config.seed)
+  data_iter = _train_iterator(config)
+  state = init_state(exp, data_iter)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=t.keep_checkpoints,
+                               best_metric=config.eval.best_metric,
+                               best_mode=config.eval.best_mode, async_save=t.async_checkpoints)
+  if ckpt.latest_step() is not None:
+    state, train_key = ckpt.restore(None, state, train_key, data_iter)
+    logging.info('resumed from step %d in %s', int(state.step), workdir)
+  elif config.init_from.workdir:
+    state = _transfer(exp, state)
+  step = int(parallel.to_host(state.step))
+  writer = MetricWriter(workdir, t.num_steps, t.batch_size)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  _, schedule = optim.make(config.optimizer, t.num_steps)
+  cur = curriculum.make(config.curriculum)
+  n_params = sum(np.size(x) for x in jax.tree.leaves(exp.family.eval_params(state)))
+  logging.info('%s: %d parameters, %d devices, global batch %d', config.family, n_params,
+               exp.num_devices, t.batch_size)
+
+  pending, train_metrics, eval_metrics, rates = [], {}, {}, {}
+  start_time, start_step, preempted = time.perf_counter(), step, False
+  with ckpt_lib.PreemptionGuard() as guard:
+    while step < t.num_steps:
+      batch = next(data_iter)
+      if cur is not None:
+        batch = exp.family.apply_curriculum(batch, cur(step))
+      state, metrics = exp.train_step(state, parallel.host_batch_to_global(batch, exp.mesh),
+                                      train_key)
+      pending.append(metrics)
+      step += 1
+      if on_step is not None:
+        on_step(step, batch)
+      last = step == t.num_steps
+      if step % t.log_every == 0 or last:
+        host = parallel.to_host(pending)
+        train_metrics = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+        train_metrics['lr'] = float(schedule(step - 1))
+        if cur is not None:
+          train_metrics['curriculum'] = float(cur(step - 1))
+        rates = writer.progress(step, train_metrics)
+        writer.write_scalars(step, train_metrics | rates, 'train')
+        pending = []
+      evaluated = None
+      if step % t.eval_every == 0 or last:
+        eval_metrics = evaluate(exp, state, eval_key)
+        writer.write_scalars(step, eval_metrics, 'eval')
+        logging.info('eval at step %d: %s', step, eval_metrics)
+        evaluated = eval_metrics
+      if step % t.sample_every == 0 or last:
+        write_samples(exp, state, sample_key, writer, step)
+      preempted = parallel.any_host(guard.requested)
+      if step % t.checkpoint_every == 0 or last or preempted:
+        ckpt.save(step, state, train_key, data_iter, _meta(config, step), metrics=evaluated)
+      if preempted:
+        logging.warning('preempted: saved step %d; rerun the same command to resume', step)
+        break
+  ckpt.wait()
+  ckpt.close()
+  elapsed = time.perf_counter() - start_time
+  final = {'step': step, 'train': train_metrics, 'eval': eval_metrics, 'preempted': preempted,
+           'wall_time_s': elapsed, 'steps_per_sec': (step - start_step) / max(elapsed, 1e-9),
+           'num_params': int(n_params), 'num_devices': exp.num_devices}
+  writer.write_json('final_metrics.json', final)
+  writer.close()
+  return final
+
+
+def _restored(config, workdir: str, step: int):
+  exp = build(config)
+  _, train_key, eval_key, sample_key = _keys(config.seed)
+  state = init_state(exp, _train_iterator(config))
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
+  if ckpt.latest_step() is None:
+    raise FileNotFoundError(f'no checkpoint under {workdir}/checkpoints: train first')
+  state, _ = ckpt.restore(None if step < 0 else step, state, train_key)
+  ckpt.close()
+  return exp, state, eval_key, sample_key
+
+
+def evaluate_checkpoint(config, workdir: str, step: int = -1) -> dict:
+  """`--mode=eval`: eval a saved checkpoint; writes eval_<step>.json."""
+  exp, state, eval_key, _ = _restored(config, workdir, step)
+  step = int(parallel.to_host(state.step))
+  metrics = evaluate(exp, state, eval_key) | {'step': step}
+  writer = MetricWriter(workdir, config.train.num_steps, config.train.batch_size)
+  writer.write_json(f'eval_{step}.json', metrics)
+  writer.close()
+  logging.info('eval at step %d: %s', step, metrics)
+  return metrics
+
+
+def sample_checkpoint(config, workdir: str, step: int = -1) -> dict:
+  """`--mode=sample`: sample grids and raw samples from a saved checkpoint."""
+  exp, state, _, sample_key = _restored(config, workdir, step)
+  step = int(parallel.to_host(state.step))
+  writer = MetricWriter(workdir, config.train.num_steps, config.train.batch_size)
+  out = write_samples(exp, state, sample_key, writer, step)
+  writer.close()
+  logging.info('samples at step %d written under %s/samples', step, workdir)
+  return out
