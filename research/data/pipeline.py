@@ -1,0 +1,321 @@
+"""grain input pipelines over the configured dataset.
+
+Train: one infinite *global* stream per seed. Position i of the stream (i = 0, 1, 2, ...) is
+example perm_e[i mod N] of the train split, where e = i // N is the epoch and perm_e a permutation
+drawn from (seed, e) -- a fresh order every epoch. The example is scaled to float32 in [0, 1] and
+augmented with an rng keyed on (seed, i). The stream is cut into host batches of
+B_host = global_batch / P consecutive positions, and host p takes host batches p, p + P, p + 2P,
+... So at step s the batches of processes 0..P-1, concatenated in process order, are exactly
+(bitwise) the global batch a single process sees at step s, whatever P is, and every host
+computes only its own rows.
+
+Each host batch is one element of a random-access `grain.MapDataset` (batch-level: reading,
+scaling and augmenting 128 examples as one element is ~10x cheaper than grain's per-element path),
+turned into an iterator with `grain.ReadOptions(num_threads=read_threads)` prefetching. Its
+position is one integer, so `it.get_state()` / `it.set_state()` and
+`grain.checkpoint.CheckpointSave(it)` / `CheckpointRestore(it)` in an Orbax checkpoint resume
+exactly.
+
+Reading: a split of up to `MAX_IN_MEMORY_BYTES` decoded (all of the registered datasets; CIFAR-10
+train is 150 MB) is read into memory once per process in one sequential pass and cached; bigger
+splits are read per batch from the TFDS data source, each host reading only its own examples.
+Both give identical batches.
+
+Eval: one pass over the eval split in file order, padded to whole global batches and masked.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import sys
+import threading
+from typing import Iterator, Sequence
+
+import grain
+import numpy as np
+
+from research.data import augment as augment_lib
+from research.data import datasets
+
+# Splits up to this size (decoded uint8 images) are held in memory; larger ones are streamed.
+MAX_IN_MEMORY_BYTES = 2 << 30
+
+# Tags that make independent seeds out of the one run seed.
+_SHUFFLE, _AUGMENT, _EVAL_BINARIZE = 1, 2, 3
+
+
+def derived_seed(seed: int, tag: int) -> int:
+  """A 64-bit seed for one use (`tag`) of the run seed (SeedSequence: stable across numpy
+  versions); unrelated for different seeds or tags."""
+  ss = np.random.SeedSequence(int(seed) % 2**64, spawn_key=(tag,))
+  return int(ss.generate_state(1, np.uint64)[0])
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  """The example order of one epoch: argsort of Philox raw draws (defined by the bit generator
+  alone, so the same on every numpy version and machine)."""
+  raw = np.random.Philox(key=derived_seed(seed, epoch)).random_raw(n)
+  return np.argsort(raw, kind='stable')
+
+
+class PositionRng:
+  """np.random.Generators keyed by (seed, position): Philox with key `seed` and counter
+  [0, 0, 0, position], reset in place (cheap) for each position. One per thread."""
+
+  def __init__(self, seed: int):
+    self._gen = np.random.Generator(np.random.Philox(key=seed))
+    self._state = self._gen.bit_generator.state
+
+  def at(self, position: int) -> np.random.Generator:
+    s = self._state
+    s['state']['counter'] = np.array([0, 0, 0, position], np.uint64)
+    s['buffer'] = np.zeros(4, np.uint64)
+    s['buffer_pos'], s['has_uint32'], s['uinteger'] = 4, 0, 0
+    self._gen.bit_generator.state = s
+    return self._gen
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+  """uint8 -> float32 in [0, 1] (x / 255)."""
+  return np.asarray(images, np.uint8).astype(np.float32) / np.float32(255)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading examples
+
+
+class _Reader:
+  """rows(indices) -> (uint8 images [n, H, W, C], int64 labels [n]) from one split: from arrays
+  in memory when given, else read from the random-access `source`."""
+
+  def __init__(self, source, arrays=None):
+    self._source, self._arrays = source, arrays
+    self.num_examples = len(arrays[1]) if arrays is not None else len(source)
+
+  def rows(self, indices: np.ndarray):
+    if self._arrays is not None:
+      images, labels = self._arrays
+      return images[indices], labels[indices]
+    idx = [int(i) for i in indices]
+    examples = (self._source.__getitems__(idx) if hasattr(self._source, '__getitems__')
+                else [self._source[i] for i in idx])
+    if not examples:
+      return (np.zeros((0, *self._source_shape()), np.uint8), np.zeros((0,), np.int64))
+    return (np.stack([np.asarray(e['image'], np.uint8) for e in examples]),
+            np.array([e['label'] for e in examples], np.int64))
+
+  def _source_shape(self):
+    return np.asarray(self._source[0]['image']).shape
+
+
+def _read_all(source, n: int, image_shape, chunk: int = 4096):
+  images = np.empty((n, *image_shape), np.uint8)
+  labels = np.empty((n,), np.int64)
+  for start in range(0, n, chunk):
+    idx = list(range(start, min(n, start + chunk)))
+    examples = (source.__getitems__(idx) if hasattr(source, '__getitems__')
+                else [source[i] for i in idx])
+    for j, e in enumerate(examples):
+      images[start + j] = e['image']
+      labels[start + j] = e['label']
+  return images, labels
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_reader(name: str, source: str, data_dir: str, split: str,
+                   in_memory_limit: int) -> _Reader:
+  src = datasets.open_source(name, source, data_dir, split)
+  shape = datasets.DATASETS[name].image_shape
+  if len(src) * math.prod(shape) > in_memory_limit:
+    return _Reader(src)
+  if source == 'package':
+    try:
+      return _Reader(src, datasets.read_package_split(name, data_dir, split))
+    except ValueError:  # not the raw-bytes image encoding: decode with TFDS below
+      pass
+  return _Reader(src, _read_all(src, len(src), shape))
+
+
+def reader(data_cfg, split: str) -> _Reader:
+  """The reader of one split, cached for the process: prepares the dataset on first use and, for
+  a split that fits `MAX_IN_MEMORY_BYTES`, reads it into memory once."""
+  datasets.validate(data_cfg)
+  return _cached_reader(data_cfg.name, data_cfg.source, data_cfg.data_dir, split,
+                        MAX_IN_MEMORY_BYTES)
+
+
+# ---------------------------------------------------------------------------------------------
+# Train
+
+
+def _host_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} must be in [0, {process_count})')
+  if global_batch_size < 1 or global_batch_size % process_count:
+    raise ValueError(f'global batch size {global_batch_size} must be > 0 and divide by the '
+                     f'{process_count} processes')
+  return global_batch_size // process_count
+
+
+def _read_options(data_cfg) -> grain.ReadOptions:
+  threads = int(data_cfg.read_threads)
+  # Elements are whole batches: a couple per thread are plenty of look-ahead.
+  return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)
+
+
+def _augment_rows(images: np.ndarray, positions: Sequence[int], aug: augment_lib.Augment,
+                  rng: PositionRng | None) -> np.ndarray:
+  """Per-example augmentation of float32 [n, H, W, C], example i with the rng of positions[i]."""
+  if aug == augment_lib.Augment():
+    return images
+  if not aug.is_random:  # threshold binarization only
+    return augment_lib.binarize_threshold(images)
+  out = np.empty_like(images)
+  for i, pos in enumerate(positions):
+    out[i] = aug(images[i], rng.at(int(pos)))
+  return out
+
+
+def _permutation(seed: int, n: int, epoch: int) -> np.ndarray:
+  return epoch_permutation(seed, epoch, n)
+
+
+class TrainBatches:
+  """Random-access source of host batches: element j = stream positions [j*b, (j+1)*b).
+  Infinite (length sys.maxsize); thread-safe."""
+
+  def __init__(self, read: _Reader, batch_size: int, seed: int, aug: augment_lib.Augment):
+    self._read, self._b, self._aug = read, batch_size, aug
+    self._shuffle_seed = derived_seed(seed, _SHUFFLE)
+    self._aug_seed = derived_seed(seed, _AUGMENT)
+    self.__setstate__(self.__dict__)
+
+  def __getstate__(self):  # picklable (e.g. for grain's multiprocessing prefetch)
+    return {k: v for k, v in self.__dict__.items() if k not in ('_local', '_perm')}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._local = threading.local()
+    self._perm = functools.lru_cache(maxsize=4)(
+        functools.partial(_permutation, self._shuffle_seed, self._read.num_examples))
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __getitem__(self, j: int) -> dict:
+    n = self._read.num_examples
+    positions = np.arange(j * self._b, (j + 1) * self._b, dtype=np.int64)
+    epochs, offsets = np.divmod(positions, n)
+    indices = np.empty_like(positions)
+    for e in np.unique(epochs):
+      sel = epochs == e
+      indices[sel] = self._perm(int(e))[offsets[sel]]
+    images, labels = self._read.rows(indices)
+    images = _augment_rows(to_float(images), positions, self._aug, self._rng())
+    return {'image': images, 'label': labels.astype(np.int32)}
+
+  def _rng(self) -> PositionRng | None:
+    if not self._aug.is_random:
+      return None
+    if not hasattr(self._local, 'rng'):
+      self._local.rng = PositionRng(self._aug_seed)
+    return self._local.rng
+
+
+def train_dataset(data_cfg, global_batch_size: int, seed: int, process_index: int = 0,
+                  process_count: int = 1) -> grain.MapDataset:
+  """This host's infinite random-access dataset of batches (see the module docstring)."""
+  b = _host_batch_size(global_batch_size, process_index, process_count)
+  read = reader(data_cfg, data_cfg.train_split)
+  if read.num_examples == 0:
+    raise ValueError(f'config.data.train_split={data_cfg.train_split!r} is empty')
+  aug = augment_lib.Augment.from_config(data_cfg.augment)
+  ds = grain.MapDataset.source(TrainBatches(read, b, seed, aug))
+  return ds[process_index::process_count] if process_count > 1 else ds
+
+
+def train_iterator(data_cfg, global_batch_size: int, seed: int, process_index: int = 0,
+                   process_count: int = 1) -> grain.DatasetIterator:
+  """Infinite iterator of this host's training batches:
+  {'image': float32 [B_host, H, W, C] in [0, 1] (augmented), 'label': int32 [B_host]},
+  B_host = global_batch_size // process_count. Deterministic from `seed`; see the module
+  docstring for how host shards compose. Supports get_state()/set_state() and grain.checkpoint."""
+  ds = train_dataset(data_cfg, global_batch_size, seed, process_index, process_count)
+  return iter(ds.to_iter_dataset(_read_options(data_cfg)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Eval
+
+
+class EvalBatches:
+  """Random-access source of host batches over the first `num_real` examples, padded (zeros,
+  label 0, mask 0) to whole global batches: element j = rows [j*b, (j+1)*b)."""
+
+  def __init__(self, read: _Reader, num_real: int, batch_size: int, num_host_batches: int,
+               binarize: str, seed: int):
+    self._read, self._n, self._b, self._len = read, num_real, batch_size, num_host_batches
+    self._aug = augment_lib.Augment(binarize=binarize)
+    self._seed = derived_seed(seed, _EVAL_BINARIZE)
+    self._local = threading.local()
+
+  def __getstate__(self):
+    return {k: v for k, v in self.__dict__.items() if k != '_local'}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._local = threading.local()
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, j: int) -> dict:
+    if not 0 <= j < self._len:
+      raise IndexError(j)
+    rows = np.arange(j * self._b, (j + 1) * self._b, dtype=np.int64)
+    real = rows[rows < self._n]
+    images, labels = self._read.rows(real)
+    rng = None
+    if self._aug.is_random:
+      if not hasattr(self._local, 'rng'):
+        self._local.rng = PositionRng(self._seed)
+      rng = self._local.rng
+    images = _augment_rows(to_float(images), real, self._aug, rng)
+    pad = self._b - len(real)
+    return {
+        'image': np.concatenate([images, np.zeros((pad, *images.shape[1:]), np.float32)]),
+        'label': np.concatenate([labels.astype(np.int32), np.zeros(pad, np.int32)]),
+        'mask': np.concatenate([np.ones(len(real), np.float32), np.zeros(pad, np.float32)]),
+    }
+
+
+def num_eval_batches(data_cfg, global_batch_size: int) -> int:
+  """Global eval batches in one pass (the last one padded)."""
+  if global_batch_size < 1:
+    raise ValueError(f'eval batch size {global_batch_size} must be > 0')
+  return math.ceil(datasets.info(data_cfg).num_eval / global_batch_size)
+
+
+def eval_batches(data_cfg, global_batch_size: int, process_index: int = 0,
+                 process_count: int = 1, seed: int = 0) -> Iterator[dict]:
+  """One deterministic pass over `data_cfg.eval_split` (its first num_eval_examples if != -1).
+
+  Yields {'image': float32 [B_host, H, W, C], 'label': int32 [B_host], 'mask': float32 [B_host]}
+  (mask 1 = real example, 0 = padding), B_host = global_batch_size // process_count, exactly
+  `num_eval_batches()` batches on every host. Global batch k holds examples
+  [k * global_batch_size, (k + 1) * global_batch_size) in split order and host p its p-th
+  slice, so every real example appears exactly once across hosts and the hosts' batches
+  concatenate to the single-process batch. No shuffling and no random augmentation, except
+  binarization: 'threshold' thresholds; 'dynamic' binarizes once with an rng from `seed` and the
+  example's index, so every call and every machine sees the same binary eval set."""
+  b = _host_batch_size(global_batch_size, process_index, process_count)
+  num_real = datasets.info(data_cfg).num_eval
+  read = reader(data_cfg, data_cfg.eval_split)
+  num_real = min(num_real, read.num_examples)
+  num_global = math.ceil(num_real / global_batch_size)
+  ds = grain.MapDataset.source(
+      EvalBatches(read, num_real, b, num_global * process_count, data_cfg.augment.binarize,
+                  seed))
+  if process_count > 1:
+    ds = ds[process_index::process_count]
+  return iter(ds.to_iter_dataset(_read_options(data_cfg)))
