@@ -71,9 +71,11 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
       visualize=dp(visualize, mesh, batch_args=(1,), out_batched=True))
 
 
-def _keys(seed: int):
-  init_key, train_key, eval_key, sample_key = jax.random.split(jax.random.key(seed), 4)
-  return init_key, train_key, eval_key, sample_key
+def _keys(seed: int, mesh: jax.sharding.Mesh):
+  """(init, train, eval, sample) keys, replicated on the mesh (so checkpoints restore them with
+  the same sharding as the state, on any number of hosts)."""
+  keys = jax.random.key_data(jax.random.split(jax.random.key(seed), 4))
+  return tuple(jax.random.wrap_key_data(k) for k in parallel.put_replicated(list(keys), mesh))
 
 
 def _train_iterator(config):
@@ -91,7 +93,7 @@ def init_state(exp: Experiment, data_iter):
   position = data_iter.get_state()
   batch = next(data_iter)
   data_iter.set_state(position)
-  init_key = _keys(exp.config.seed)[0]
+  init_key = _keys(exp.config.seed, exp.mesh)[0]
   return exp.init(init_key, parallel.host_batch_to_global(batch, exp.mesh))
 
 
@@ -158,7 +160,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   """
   exp = build(config, mesh)
   t = config.train
-  _, train_key, eval_key, sample_key = _keys(config.seed)
+  _, train_key, eval_key, sample_key = _keys(config.seed, exp.mesh)
   data_iter = _train_iterator(config)
   state = init_state(exp, data_iter)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=t.keep_checkpoints,
@@ -230,7 +232,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
 def _restored(config, workdir: str, step: int):
   exp = build(config)
-  _, train_key, eval_key, sample_key = _keys(config.seed)
+  _, train_key, eval_key, sample_key = _keys(config.seed, exp.mesh)
   state = init_state(exp, _train_iterator(config))
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
   if ckpt.latest_step() is None:

@@ -122,10 +122,10 @@ def test_clipping_caps_global_norm():
   tx, _ = optim.make(opt_cfg(name='sgd', lr=1.0, clip_grad_norm=1.0), NUM_STEPS)
   params = params_tree()
   big = jax.tree.map(lambda p: 10.0 * jnp.ones_like(p), params)
-  updates, _ = tx.update(big, tx.init(params), params)
+  updates, _ = jax.jit(tx.update)(big, tx.init(params), params)
   assert float(optax.global_norm(updates)) == pytest.approx(1.0, rel=1e-5)
   small = jax.tree.map(lambda p: 0.01 * jnp.ones_like(p), params)
-  updates, _ = tx.update(small, tx.init(params), params)
+  updates, _ = jax.jit(tx.update)(small, tx.init(params), params)
   assert float(optax.global_norm(updates)) == pytest.approx(float(optax.global_norm(small)))
 
 
@@ -140,7 +140,7 @@ def test_weight_decay_mask(name, decay_all):
   tx, _ = optim.make(cfg, NUM_STEPS)
   params = params_tree()
   zeros = jax.tree.map(jnp.zeros_like, params)
-  updates, _ = tx.update(zeros, tx.init(params), params)
+  updates, _ = jax.jit(tx.update)(zeros, tx.init(params), params)
   new = optax.apply_updates(params, updates)
   for path in ('enc/kernel', 'dec/kernel'):
     a, b = path.split('/')
@@ -155,7 +155,8 @@ def test_weight_decay_mask(name, decay_all):
 def test_no_weight_decay_means_no_change_with_zero_grads():
   tx, _ = optim.make(opt_cfg(name='adamw', lr=0.01, weight_decay=0.0), NUM_STEPS)
   params = params_tree()
-  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = jax.jit(tx.update)(zeros, tx.init(params), params)
   for u in jax.tree.leaves(updates):
     np.testing.assert_array_equal(u, 0.0)
 
@@ -189,7 +190,7 @@ def test_frozen_clipping_ignores_frozen_grads():
   params = params_tree()
   grads = jax.tree.map(lambda p: 0.01 * jnp.ones_like(p), params)
   grads['enc']['kernel'] = 1e6 * grads['enc']['kernel']
-  updates, _ = tx.update(grads, tx.init(params), params)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   np.testing.assert_allclose(updates['dec']['kernel'], -0.01, rtol=1e-6)
 
 
@@ -271,6 +272,7 @@ BAD = [
      'optimizer.schedule.boundaries'),
     ({'schedule.name': 'piecewise', 'schedule.boundaries': '10', 'schedule.scales': '-1'},
      'optimizer.schedule.scales'),
+    ({'schedule.boundaries': '10,x'}, 'optimizer.schedule.boundaries'),   # even if unused
 ]
 
 

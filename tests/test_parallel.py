@@ -29,7 +29,7 @@ def test_two_device_step_equals_one_device_step():
   # The step really changed the parameters (the comparison is not trivially of two inits).
   init = parallel.to_host(trainer.build(config, parallel.make_mesh(jax.devices()[:1])).init(
       jax.random.key(0), batch).params)
-  diff = jax.tree.map(lambda a, b: np.abs(a - b).max(), init, host1)
+  diff = jax.tree.map(lambda a, b: np.abs(a - b).max(), init, host1[0])
   assert max(jax.tree.leaves(diff)) > 0
 
 
