@@ -99,7 +99,7 @@ def common_defaults() -> ml_collections.ConfigDict:
   c.curriculum.end = 1.0
   c.curriculum.steps = 0          # linear: steps to go from start to end
   c.curriculum.boundaries = ''    # piecewise: comma-separated steps
-  c.curriculum.values = ''        # piecewise: comma-separated values (one more than boundaries)
+  c.curriculum.levels = ''        # piecewise: comma-separated levels (one more than boundaries)
   return c
 
 

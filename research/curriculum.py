@@ -13,8 +13,8 @@ Curricula (`curriculum.name`), with `start`, `end`, `steps` from the config:
   exponential  start -> end geometrically over `steps` (start, end > 0), e.g. a sequence length
                that doubles at a steady pace: 64 -> 1024 over 4 equal stretches
   step         start before `steps`, end from `steps` on
-  piecewise    values[i] on [boundaries[i-1], boundaries[i]): `values` has one more entry than
-               `boundaries`, e.g. boundaries '1000,3000' values '8,16,28'
+  piecewise    levels[i] on [boundaries[i-1], boundaries[i]): `levels` has one more entry than
+               `boundaries`, e.g. boundaries '1000,3000' levels '8,16,28'
 """
 from __future__ import annotations
 
@@ -42,12 +42,12 @@ def validate(cur_cfg) -> None:
   if c.name == 'exponential':
     for f in ('start', 'end'):
       require(c[f] > 0, f'curriculum.{f}', c[f], 'exponential needs start and end > 0')
-  if c.name == 'piecewise':
+  if c.name == 'piecewise' or c.boundaries.strip() or c.levels.strip():
     boundaries = parse_list(c.boundaries, 'curriculum.boundaries', int)
-    values = parse_list(c['values'], 'curriculum.values', float)
-    require(len(values) == len(boundaries) + 1, 'curriculum.values', c['values'],
+    values = parse_list(c.levels, 'curriculum.levels', float)
+    require(len(values) == len(boundaries) + 1, 'curriculum.levels', c.levels,
             f'needs one more value than boundaries ({len(boundaries)}: {c.boundaries!r}), '
-            'e.g. boundaries "1000" values "8,16"')
+            'e.g. boundaries "1000" levels "8,16"')
     require(all(b >= 0 for b in boundaries), 'curriculum.boundaries', c.boundaries,
             'steps must be >= 0')
     require(all(a < b for a, b in zip(boundaries, boundaries[1:])), 'curriculum.boundaries',
@@ -71,7 +71,7 @@ def make(cur_cfg) -> Callable[[int], float] | None:
     return lambda step: start if step < steps else end
   if name == 'piecewise':
     boundaries = parse_list(c.boundaries, 'curriculum.boundaries', int)
-    values = parse_list(c['values'], 'curriculum.values', float)
+    values = parse_list(c.levels, 'curriculum.levels', float)
     return lambda step: values[bisect.bisect_right(boundaries, step)]
   raise ConfigError(f'config.curriculum.name={name!r}: must be one of {list(CURRICULA)}')
 

@@ -36,7 +36,6 @@ end = end_value * lr:
 """
 from __future__ import annotations
 
-import logging
 import math
 import re
 from typing import Any, Sequence
@@ -44,12 +43,15 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import optax
+from absl import logging
 
 from research.configs import ConfigError, one_of, parse_list, require
 
 OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw', 'adagrad', 'rmsprop', 'lamb')
 SCHEDULES = ('constant', 'warmup_cosine', 'warmup_linear', 'exponential', 'piecewise',
              'warmup_rsqrt')
+# optax.partition is the newer name of optax.multi_transform.
+_partition = getattr(optax, 'partition', None) or optax.multi_transform
 _DECOUPLED = ('adamw', 'lamb')   # weight decay inside the optimizer; the rest use L2
 
 FROZEN, TRAINABLE = 'frozen', 'trainable'
@@ -163,10 +165,12 @@ def validate(opt_cfg, num_steps: int) -> None:
   if s.name == 'exponential':
     require(s.decay_rate > 0, f'{f}.decay_rate', s.decay_rate,
             'must be > 0 (e.g. 0.1: lr falls 10x every decay_steps)')
-  if s.name == 'piecewise':
+  if s.name == 'piecewise' or s.boundaries.strip() or s.scales.strip():
+    # Checked even when another schedule is picked: a malformed value is a mistake either way.
     boundaries, scales = _piecewise(s)
-    require(len(boundaries) > 0, f'{f}.boundaries', s.boundaries,
-            'piecewise needs comma-separated steps, e.g. "1000,2000"')
+    if s.name == 'piecewise':
+      require(len(boundaries) > 0, f'{f}.boundaries', s.boundaries,
+              'piecewise needs comma-separated steps, e.g. "1000,2000"')
     require(len(boundaries) == len(scales), f'{f}.scales', s.scales,
             f'needs one scale per boundary ({len(boundaries)}: {s.boundaries!r})')
     require(all(b >= 0 for b in boundaries), f'{f}.boundaries', s.boundaries,
@@ -261,7 +265,7 @@ def make(opt_cfg, num_steps: int) -> tuple[optax.GradientTransformation, optax.S
 
   regexes = parse_frozen(o.frozen)
   if regexes:
-    tx = optax.partition({TRAINABLE: tx, FROZEN: optax.set_to_zero()},
+    tx = _partition({TRAINABLE: tx, FROZEN: optax.set_to_zero()},
                          _frozen_labeler(regexes))
   return tx, schedule
 

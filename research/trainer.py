@@ -178,7 +178,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       f.write(config.to_json_best_effort(indent=2))
   _, schedule = optim.make(config.optimizer, t.num_steps)
   cur = curriculum.make(config.curriculum)
-  n_params = sum(np.size(x) for x in jax.tree.leaves(exp.family.eval_params(state)))
+  n_params = sum(np.size(x) for x in jax.tree.leaves(getattr(state, 'params', state)))
   logging.info('%s: %d parameters, %d devices, global batch %d', config.family, n_params,
                exp.num_devices, t.batch_size)
 

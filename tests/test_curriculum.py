@@ -26,7 +26,7 @@ CASES = [
     (dict(name='exponential', start=64.0, end=1024.0, steps=400),
      {0: 64.0, 100: 128.0, 200: 256.0, 400: 1024.0, 1000: 1024.0}),
     (dict(name='step', start=1.0, end=2.0, steps=10), {0: 1.0, 9: 1.0, 10: 2.0, 99: 2.0}),
-    (dict(name='piecewise', boundaries='1000,3000', values='8,16,28'),
+    (dict(name='piecewise', boundaries='1000,3000', levels='8,16,28'),
      {0: 8.0, 999: 8.0, 1000: 16.0, 2999: 16.0, 3000: 28.0, 10**6: 28.0}),
 ]
 
@@ -48,10 +48,10 @@ BAD = [
     (dict(name='step', steps=-1), 'curriculum.steps'),
     (dict(name='exponential', steps=10, start=0.0), 'curriculum.start'),
     (dict(name='linear', steps=10, end=float('nan')), 'curriculum.end'),
-    (dict(name='piecewise', boundaries='10', values='1'), 'curriculum.values'),
-    (dict(name='piecewise', boundaries='10,a', values='1,2,3'), 'curriculum.boundaries'),
-    (dict(name='piecewise', boundaries='20,10', values='1,2,3'), 'curriculum.boundaries'),
-    (dict(name='piecewise', boundaries='10', values='1,b'), 'curriculum.values'),
+    (dict(name='piecewise', boundaries='10', levels='1'), 'curriculum.levels'),
+    (dict(name='piecewise', boundaries='10,a', levels='1,2,3'), 'curriculum.boundaries'),
+    (dict(name='piecewise', boundaries='20,10', levels='1,2,3'), 'curriculum.boundaries'),
+    (dict(name='piecewise', boundaries='10', levels='1,b'), 'curriculum.levels'),
 ]
 
 
