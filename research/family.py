@@ -67,8 +67,9 @@ class Family(abc.ABC):
     return {}
 
   def eval_params(self, state: PyTree) -> PyTree:
-    """The state eval and sampling use (EMA parameters where the family keeps them)."""
-    return state
+    """The parameter tree eval and sampling use (the EMA copy where the family keeps one).
+    Step functions get the whole state and call this themselves."""
+    return getattr(state, 'params', state)
 
   # --- host-side hooks ----------------------------------------------------------------------
   def apply_curriculum(self, batch: dict, value: float) -> dict:

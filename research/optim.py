@@ -95,9 +95,13 @@ def path_labels(params, regexes: str | Sequence[str]):
 
 
 def decay_mask(params):
-  """True for params that get weight decay: those with ndim > 1 (kernels, embeddings); biases,
-  norm scales and scalars are left alone."""
-  return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+  """True for params that get weight decay: those with ndim > 1 (kernels, embeddings) unless
+  their name says bias or scale (e.g. a per-pixel output bias); 1-D biases, norm scales and
+  scalars are left alone."""
+  def decays(keypath, p):
+    name = param_path(keypath).rsplit('/', 1)[-1]
+    return jnp.ndim(p) > 1 and not re.search('bias|scale', name)
+  return jax.tree_util.tree_map_with_path(decays, params)
 
 
 # ---------------------------------------------------------------------------------------------

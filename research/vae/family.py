@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from research import configs, optim, parallel
 from research.family import Family
@@ -24,6 +25,11 @@ _INTERP_STEPS = 8           # images per row, both endpoints included
 
 
 class VAE(Family):
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    # Compiled once per family (host_eval runs at every eval); k is static (the scan length).
+    self._jit_iwae_nll = jax.jit(self._iwae_nll, static_argnums=3)
 
   # --- config -------------------------------------------------------------------------------
   @classmethod
@@ -141,12 +147,13 @@ class VAE(Family):
     axis, so it also runs under plain `jax.jit`."""
     x = batch['image']
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(x.shape[0]))
-    return self._iwae_nll(state.eval_params, x, keys, k)
+    return self._jit_iwae_nll(state.eval_params, x, keys, k)
 
   def sample(self, state: TrainState, key: jax.Array, num: int):
     params = state.eval_params
     _, _, decode_mean = self._fns(params)
-    z = jax.random.normal(parallel.device_key(key), (num, self.config.model.latent_dim))
+    # `key` is per device already (the harness folds in the device index).
+    z = jax.random.normal(key, (num, self.config.model.latent_dim))
     return {'images': decode_mean(z), 'latents': z}
 
   def visualize(self, state: TrainState, batch, key: jax.Array):
@@ -166,30 +173,39 @@ class VAE(Family):
       out['interpolations'] = decode_mean(path)
     return out
 
-  def eval_params(self, state: TrainState) -> TrainState:
-    return state.replace(params=state.eval_params)
+  def eval_params(self, state: TrainState):
+    # The parameter tree eval and sampling use (the harness counts parameters on it);
+    # eval_step/sample/visualize read `state.eval_params` themselves.
+    return state.eval_params
 
   # --- host-side hooks ----------------------------------------------------------------------
   def host_eval(self, state: TrainState, eval_batches, key: jax.Array) -> dict:
     """iwae_nll on the first eval.iwae_num_examples examples (when that is > 0): IWAE at large k
     costs k decoder passes per example, so it is often run on a prefix of the eval split.
-    `eval_batches`: an iterable of host batches (dicts with 'image' and optionally 'mask')."""
+    `eval_batches`: this host's iterable of batches (dicts with 'image' and optionally 'mask');
+    with several hosts each takes an equal share of the prefix from its own shard."""
     e = self.config.eval
     if e.iwae_k <= 0 or e.iwae_num_examples < 0:
       return {}
-    # Host copies of the params: plain jit on this host's default device, no mesh needed.
+    limit = -(-e.iwae_num_examples // jax.process_count())  # this host's share
+    # Host copies of params and key: plain jit on this host's default device, no mesh needed.
     params = parallel.to_host(state.eval_params)
-    fn = jax.jit(lambda p, x, keys: self._iwae_nll(p, x, keys, e.iwae_k))
+    key = jax.random.wrap_key_data(parallel.to_host(jax.random.key_data(key)))
+    if jax.process_count() > 1:
+      key = jax.random.fold_in(key, jax.process_index())
     total, count = 0.0, 0
     for batch in eval_batches:
       x = np.asarray(batch['image'])
       mask = np.asarray(batch.get('mask', np.ones(len(x), bool))).astype(bool)
       ids = np.maximum(count + np.cumsum(mask) - 1, 0)        # running index of real examples
-      keep = mask & (ids < e.iwae_num_examples)
+      keep = mask & (ids < limit)
       keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(ids))
-      nll = np.asarray(fn(params, x, keys))
+      nll = np.asarray(self._jit_iwae_nll(params, x, keys, e.iwae_k))
       total += float(nll[keep].sum())
       count += int(keep.sum())
-      if count >= e.iwae_num_examples:
+      if count >= limit:
         break
+    if jax.process_count() > 1:
+      sums = multihost_utils.process_allgather(np.array([total, count], np.float64))
+      total, count = float(sums[:, 0].sum()), int(sums[:, 1].sum())
     return {'iwae_nll': total / max(count, 1), 'iwae_num_examples': float(count)}
