@@ -42,7 +42,7 @@ def run(config, workdir: str, mode: str = 'train', step: int = -1) -> dict:
 
 class _QuietLibraries(py_logging.Filter):
   """Drops INFO chatter from checkpoint/data libraries; their warnings still show."""
-  NOISY = ('/orbax/', '/grain/', '/tensorflow_datasets/', '/etils/', '/jax/_src/')
+  NOISY = ('/orbax/', '/grain/', '/tensorflow_datasets/', '/etils/', '/jax/_src/', '/optax/')
 
   def filter(self, record):
     return record.levelno >= py_logging.WARNING or not any(

@@ -77,9 +77,10 @@ class MetricWriter:
     for name, imgs in grids.items():
       imgs = np.asarray(imgs)
       scale = max(1, 64 // imgs.shape[1])
+      ncol = 8 if len(imgs) % 8 == 0 else None  # keeps pairs / interpolation rows on one row
       image_lib.save_png(os.path.join(self.workdir, 'samples', f'{name}_{step:07d}.png'), imgs,
-                         scale=scale)
-      self._tb.add_image(f'{name}', image_lib.make_grid(imgs), step, dataformats='HWC')
+                         ncol=ncol, scale=scale)
+      self._tb.add_image(f'{name}', image_lib.make_grid(imgs, ncol), step, dataformats='HWC')
 
   def write_arrays(self, step: int, name: str, arrays: dict) -> str | None:
     if not self.is_main:
