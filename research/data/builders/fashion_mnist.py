@@ -50,23 +50,14 @@ class GenlabFashionMnist(_base.GenlabBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release: the standard train/test split.'}
+  IMAGE_SHAPE = (28, 28, 1)
+  LABEL_NAMES = LABEL_NAMES
+  DESCRIPTION = _DESCRIPTION
+  CITATION = _CITATION
+  HOMEPAGE = 'https://github.com/zalandoresearch/fashion-mnist'
+  LICENSE = 'MIT'
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        description=_DESCRIPTION,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8,
-                                           encoding=tfds.features.Encoding.BYTES),
-            'label': tfds.features.ClassLabel(names=LABEL_NAMES),
-        }),
-        supervised_keys=('image', 'label'),
-        homepage='https://github.com/zalandoresearch/fashion-mnist',
-        citation=_CITATION,
-        license='MIT',
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # nothing to download
+  def load_splits(self):
     d = datasets.FASHION_MNIST_DIR
 
     def load(prefix):
@@ -75,7 +66,4 @@ class GenlabFashionMnist(_base.GenlabBuilder):
       assert len(images) == len(labels), (images.shape, labels.shape)
       return images, labels
 
-    return {
-        'train': self._generate_examples(*load('train'), prefix='train'),
-        'test': self._generate_examples(*load('t10k'), prefix='test'),
-    }
+    return {'train': load('train'), 'test': load('t10k')}

