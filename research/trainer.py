@@ -140,15 +140,18 @@ def _transfer(exp: Experiment, state):
   host_params = parallel.to_host(state.params)
   params, report = ckpt_lib.transfer_params(host_params, tree['params'], src.param_map)
   if not report['copied']:
-    raise ValueError(f'init_from.workdir={src.workdir!r}: no parameter matched by path and '
-                     'shape; set init_from.param_map')
+    raise configs.ConfigError(
+        f'config.init_from.workdir={src.workdir!r}: no parameter matched by path and shape; '
+        'map paths with init_from.param_map="dst_regex=src_prefix"')
   logging.info('transfer: copied %d params from %s, kept %d fresh: %s', len(report['copied']),
                src.workdir, len(report['kept']), report['kept'])
   params = parallel.put_replicated(params, exp.mesh)
-  # Optimizer state and EMA restart from the transferred parameters.
-  fresh = type(state).create(params, state.tx, state.model_state, state.ema_decay) \
-      if hasattr(type(state), 'create') else state.replace(params=params)
-  return jax.device_put(fresh, parallel.replicated(exp.mesh))
+
+  # Optimizer state and EMA restart from the transferred parameters (built under jit so the new
+  # state is replicated on every host's devices).
+  def fresh(params, model_state):
+    return type(state).create(params, state.tx, model_state, state.ema_decay)
+  return jax.jit(fresh, out_shardings=parallel.replicated(exp.mesh))(params, state.model_state)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
