@@ -1,0 +1,1 @@
+"""Evaluation metrics: toy mode coverage (PacGAN), class coverage / label bias, memorization."""
