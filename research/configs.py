@@ -24,6 +24,7 @@ class ConfigError(ValueError):
 # pays for importing (and compiling) a family.
 FAMILIES = {
     'vae': 'research.vae.family:VAE',
+    'classifier': 'research.classifier.family:Classifier',
 }
 
 
