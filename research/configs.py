@@ -48,6 +48,8 @@ def common_defaults() -> ml_collections.ConfigDict:
   c.data.augment.dequantize = False     # uniform noise in [0, 1/256) on [0, 1] pixels
   c.data.augment.binarize = 'none'      # none | dynamic (Bernoulli per draw) | threshold
   c.data.read_threads = 4               # grain prefetch threads on each host
+  c.data.dedup = 'none'  # none | exact | near: drop duplicate train examples (see research/evaluation/dedup.py)
+  c.data.dedup_rms = 0.02  # near: per-pixel RMS distance under which two images are duplicates
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adam'       # sgd | momentum | adam | adamw | adagrad | rmsprop | lamb

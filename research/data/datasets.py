@@ -43,6 +43,7 @@ FASHION_MNIST_FILES = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz
 
 SOURCES = ('package', 'tfds')
 BINARIZE_MODES = ('none', 'dynamic', 'threshold')
+DEDUP_MODES = ('none', 'exact', 'near')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +195,10 @@ def validate(data_cfg) -> None:
                   a.dequantize, f'cannot combine with binarize={a.binarize!r}; pick one')
   configs.require(data_cfg.read_threads >= 1, 'data.read_threads', data_cfg.read_threads,
                   'must be >= 1')
+  configs.one_of(data_cfg.get('dedup', 'none'), DEDUP_MODES, 'data.dedup')
+  rms = data_cfg.get('dedup_rms', 0.02)
+  configs.require(isinstance(rms, (int, float)) and not isinstance(rms, bool) and rms > 0,
+                  'data.dedup_rms', rms, 'must be a number > 0 (per-pixel RMS distance)')
   data_dir = data_cfg.data_dir
   configs.require(isinstance(data_dir, str), 'data.data_dir', data_dir,
                   "must be a path string ('' = the TFDS default)")

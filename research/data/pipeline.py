@@ -21,16 +21,30 @@ train is 150 MB) is read into memory once per process in one sequential pass and
 splits are read per batch from the TFDS data source, each host reading only its own examples.
 Both give identical batches.
 
+Dedup (`config.data.dedup` = 'exact' | 'near', train split only): a keep mask over the split is
+computed once (research/evaluation/dedup.py: SHA-256 groups; 'near' adds L2 pairs within
+dedup_rms * sqrt(H*W*C) on [0, 1] pixels, single linkage, the smallest index of a group kept),
+cached in memory per process and on disk (`_dedup_cache_dir()`, keyed by dataset, split, mode,
+threshold and a hash of the split's bytes). The stream above then runs over the kept examples
+only: N = the number kept and perm_e permutes their positions, so every guarantee above holds
+with the kept examples in place of the split (with nothing dropped the stream is unchanged).
+Needs the in-memory reader.
+
 Eval: one pass over the eval split in file order, padded to whole global batches and masked.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+import os
+import re
 import sys
 import threading
+import weakref
 from typing import Iterator, Sequence
 
+from absl import logging
 import grain
 import numpy as np
 
@@ -145,6 +159,93 @@ def reader(data_cfg, split: str) -> _Reader:
 
 
 # ---------------------------------------------------------------------------------------------
+# Dedup (train split only)
+
+
+class _SubsetReader:
+  """A reader over the examples `keep` (sorted int64 indices) of `base`: row i is base row
+  keep[i]."""
+
+  def __init__(self, base: _Reader, keep: np.ndarray):
+    self._base, self._keep = base, np.asarray(keep, np.int64)
+    self.num_examples = len(self._keep)
+
+  def rows(self, indices: np.ndarray):
+    return self._base.rows(self._keep[np.asarray(indices, np.int64)])
+
+
+# base reader -> {(mode, threshold): _SubsetReader}: one dedup pass per process and reader.
+_DEDUP_READERS = weakref.WeakKeyDictionary()
+_DEDUP_LOCK = threading.Lock()
+
+
+def _dedup_cache_dir(data_dir: str) -> str:
+  """$GENLAB_CACHE if set, else the TFDS data_dir (config.data.data_dir, $TFDS_DATA_DIR or
+  ~/tensorflow_datasets), under genlab_dedup/."""
+  root = (os.environ.get('GENLAB_CACHE') or (os.path.expanduser(data_dir) if data_dir else '')
+          or os.environ.get('TFDS_DATA_DIR') or os.path.expanduser('~/tensorflow_datasets'))
+  return os.path.join(root, 'genlab_dedup')
+
+
+def _compute_keep(images: np.ndarray, mode: str, threshold: float):
+  from research.evaluation import dedup as dedup_lib  # pylint: disable=g-import-not-at-top
+  rep = dedup_lib.dedup_images(images, threshold=threshold, near=(mode == 'near'))
+  return dedup_lib.keep_mask(rep, len(images)), rep.num_exact_dropped, rep.num_near_dropped
+
+
+def dedup_keep_mask(data_cfg, split: str, images: np.ndarray):
+  """(bool keep mask [N], exact dropped, near dropped) of the uint8 images [N, H, W, C] of
+  `split` under config.data.dedup, read from / written to the disk cache."""
+  mode = data_cfg.get('dedup', 'none')
+  images = np.ascontiguousarray(images)
+  threshold = (float(data_cfg.get('dedup_rms', 0.02)) * math.sqrt(math.prod(images.shape[1:]))
+               if mode == 'near' else 0.0)
+  digest = hashlib.sha256(images.data).hexdigest()[:16]
+  name = re.sub(r'[^\w.%+-]', '_', f'{data_cfg.name}-{data_cfg.source}-{split}-{mode}-'
+                f'{threshold!r}-{images.shape[0]}-{digest}.npz')
+  path = os.path.join(_dedup_cache_dir(data_cfg.data_dir), name)
+  try:
+    with np.load(path) as f:
+      keep, counts = f['keep'], f['counts']
+    if keep.dtype == bool and keep.shape == (len(images),):
+      return keep, int(counts[0]), int(counts[1])
+  except (OSError, KeyError, ValueError):
+    pass
+  keep, exact, near = _compute_keep(images, mode, threshold)
+  try:  # best effort: written whole, then renamed, so readers never see a partial file
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f'{path}.tmp{os.getpid()}.{threading.get_ident()}.npz'
+    np.savez(tmp, keep=keep, counts=np.array([exact, near], np.int64))
+    os.replace(tmp, path)
+  except OSError as e:
+    logging.warning('dedup: could not cache the keep mask at %s: %s', path, e)
+  return keep, exact, near
+
+
+def _dedup_reader(data_cfg, split: str, read: _Reader):
+  """`read` restricted to the examples config.data.dedup keeps (`read` itself for 'none')."""
+  mode = data_cfg.get('dedup', 'none')
+  if mode == 'none':
+    return read
+  if getattr(read, '_arrays', None) is None:
+    raise ValueError(
+        f'config.data.dedup={mode!r} needs the train split in memory, but '
+        f'{data_cfg.name}/{split} exceeds MAX_IN_MEMORY_BYTES={MAX_IN_MEMORY_BYTES} and is '
+        "streamed; use dedup='none' (or a smaller train_split)")
+  key = (mode, float(data_cfg.get('dedup_rms', 0.02)) if mode == 'near' else 0.0,
+         data_cfg.name, data_cfg.source, split)
+  with _DEDUP_LOCK:
+    cached = _DEDUP_READERS.setdefault(read, {})
+    if key not in cached:
+      keep, exact, near = dedup_keep_mask(data_cfg, split, read._arrays[0])
+      kept = np.flatnonzero(keep).astype(np.int64)
+      logging.info('dedup: kept %d of %d train examples (exact dropped %d, near dropped %d)',
+                   len(kept), len(keep), exact, near)
+      cached[key] = _SubsetReader(read, kept)
+    return cached[key]
+
+
+# ---------------------------------------------------------------------------------------------
 # Train
 
 
@@ -229,6 +330,7 @@ def train_dataset(data_cfg, global_batch_size: int, seed: int, process_index: in
   read = reader(data_cfg, data_cfg.train_split)
   if read.num_examples == 0:
     raise ValueError(f'config.data.train_split={data_cfg.train_split!r} is empty')
+  read = _dedup_reader(data_cfg, data_cfg.train_split, read)
   aug = augment_lib.Augment.from_config(data_cfg.augment)
   ds = grain.MapDataset.source(TrainBatches(read, b, seed, aug))
   return ds[process_index::process_count] if process_count > 1 else ds
