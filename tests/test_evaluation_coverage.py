@@ -132,3 +132,13 @@ def test_memorization_test_ratio_and_errors():
     memorization.memorization_report(np.zeros((2, 3)), train, test)
   with pytest.raises(ValueError, match='>= 2 train'):
     memorization.memorization_report(np.zeros((2, 2)), train[:1], test)
+
+
+def test_label_histogram_names_dropped_classes_despite_stray_labels():
+  data = np.repeat(np.arange(10), 100)
+  # Classes 1, 5, 8 dropped; an imperfect classifier still puts a few samples in 1 and 8.
+  kept = [c for c in range(10) if c not in (1, 5, 8)]
+  fake = np.concatenate([np.repeat(kept, 100), [1, 1, 8]])
+  stats = class_coverage.label_histogram_stats(fake, data, 10)
+  assert stats['missing_classes'] == [5]
+  assert stats['underrepresented_classes'] == [1, 5, 8]

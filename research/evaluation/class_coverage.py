@@ -27,7 +27,8 @@ def _labels_histogram(name: str, labels, num_classes: int) -> np.ndarray:
 
 
 def label_histogram_stats(fake_labels, data_labels=None, num_classes: int | None = None, *,
-                          data_histogram=None, eps: float = DEFAULT_EPS) -> dict:
+                          data_histogram=None, eps: float = DEFAULT_EPS,
+                          underrepresented_ratio: float = 0.1) -> dict:
   """Compares the predicted-label histogram of generated samples with the data's.
 
   Args:
@@ -43,7 +44,11 @@ def label_histogram_stats(fake_labels, data_labels=None, num_classes: int | None
   Returns dict with:
     kl: KL(fake || data) = sum_k p'_k log(p'_k / q'_k) on the smoothed histograms (nats).
     total_variation: 0.5 * sum_k |p_k - q_k| on the unsmoothed normalised histograms.
-    classes_missing: classes with data mass > 0 but no generated sample.
+    classes_missing: how many classes have data mass > 0 but no generated sample.
+    missing_classes: those classes, by index.
+    underrepresented_classes: classes whose share among the generated labels is below
+      `underrepresented_ratio` (default 0.1) times their share in the data. This names dropped
+      classes even when an imperfect classifier labels a few stray samples with them.
     fake_histogram: list[int], counts of generated labels per class.
     data_histogram: list[float], the data's per-class counts (or the histogram as given).
   """
@@ -72,5 +77,8 @@ def label_histogram_stats(fake_labels, data_labels=None, num_classes: int | None
   return dict(kl=float(np.sum(ps * np.log(ps / qs))),
               total_variation=float(0.5 * np.abs(p - q).sum()),
               classes_missing=int(np.sum((q > 0) & (fake == 0))),
+              missing_classes=[int(c) for c in np.flatnonzero((q > 0) & (fake == 0))],
+              underrepresented_classes=[
+                  int(c) for c in np.flatnonzero((q > 0) & (p < underrepresented_ratio * q))],
               fake_histogram=[int(c) for c in fake],
               data_histogram=[float(c) for c in data])
