@@ -240,7 +240,7 @@ def info(data_cfg) -> DatasetInfo:
 
 
 @contextlib.contextmanager
-def _file_lock(path: str):
+def file_lock(path: str):
   """An exclusive lock between processes of one machine (flock), so two processes preparing the
   same dataset at once do not race; the second waits and then reuses the first's result."""
   import fcntl  # pylint: disable=g-import-not-at-top
@@ -283,7 +283,7 @@ def prepared_builder(tfds_name: str, data_dir: Optional[str]):
   builder = cls(data_dir=data_dir, file_format='array_record')
   if builder.info.splits and _is_current(builder):  # prepared (dataset_info.json read from disk)
     return builder
-  with _file_lock(os.path.join(os.fspath(builder.data_dir_root), f'.{tfds_name}.lock')):
+  with file_lock(os.path.join(os.fspath(builder.data_dir_root), f'.{tfds_name}.lock')):
     builder = cls(data_dir=data_dir, file_format='array_record')  # re-read: maybe prepared now
     if builder.info.splits and not _is_current(builder):
       logging.warning('%s in %s was prepared with other features; preparing it again',

@@ -12,7 +12,6 @@ distance in features_fashion_mnist (CNN, 128-d penultimate) features" -- never "
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -25,6 +24,7 @@ import numpy as np
 from absl import logging
 
 from research import configs, parallel
+from research.data import datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_BATCH = 500
@@ -74,18 +74,6 @@ def _finished(workdir: str, num_steps: int) -> dict | None:
   return final if final.get('step') == num_steps and not final.get('preempted') else None
 
 
-@contextlib.contextmanager
-def _lock(path: str):
-  import fcntl  # pylint: disable=g-import-not-at-top
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'a') as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _resolve(name_or_workdir: str, data_cfg=None):
   """(config, workdir) of the feature network for a dataset name or a classifier run dir."""
   if os.path.isfile(os.path.join(name_or_workdir, 'config.json')):
@@ -112,7 +100,7 @@ def ensure_trained(config, workdir: str) -> dict:
   final = _finished(workdir, config.train.num_steps)
   if final is not None:
     return final
-  with _lock(os.path.join(os.path.dirname(os.path.normpath(workdir)),
+  with datasets.file_lock(os.path.join(os.path.dirname(os.path.normpath(workdir)),
                           f'.{os.path.basename(os.path.normpath(workdir))}.lock')):
     final = _finished(workdir, config.train.num_steps)
     if final is None:
@@ -143,7 +131,6 @@ def load_feature_fn(name_or_workdir: str, data_cfg=None, batch_size: int = DEFAU
   exp, state, _, _ = trainer._restored(config, workdir, -1)  # pylint: disable=protected-access
   params = parallel.to_host(exp.family.eval_params(state))
   family = exp.family
-  from research.data import datasets  # pylint: disable=g-import-not-at-top
   image_shape = tuple(datasets.DATASETS[config.data.name].image_shape)
 
   @jax.jit
