@@ -29,7 +29,7 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The run to evaluate.')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 0,
@@ -219,7 +219,8 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if _WORKDIR.value is None:
     raise app.UsageError('--workdir is required')
-  logging.set_verbosity(logging.INFO)
+  from research import metric_writers  # pylint: disable=g-import-not-at-top
+  metric_writers.console_logging()
   try:
     result = evaluate_run(_WORKDIR.value, _NUM_SAMPLES.value, _MAX_REAL.value)
   except (FileNotFoundError, ValueError) as e:

@@ -8,10 +8,9 @@ pass --distributed on a TPU VM pod / SLURM (JAX reads the environment), or --coo
 """
 from __future__ import annotations
 
-import logging as py_logging
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
@@ -40,22 +39,13 @@ def run(config, workdir: str, mode: str = 'train', step: int = -1) -> dict:
   return trainer.sample_checkpoint(config, workdir, step)
 
 
-class _QuietLibraries(py_logging.Filter):
-  """Drops INFO chatter from checkpoint/data libraries; their warnings still show."""
-  NOISY = ('/orbax/', '/grain/', '/tensorflow_datasets/', '/etils/', '/jax/_src/', '/optax/')
-
-  def filter(self, record):
-    return record.levelno >= py_logging.WARNING or not any(
-        n in record.pathname for n in self.NOISY)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if _WORKDIR.value is None:
     raise app.UsageError('--workdir is required')
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  from research import metric_writers
+  metric_writers.console_logging()
   import jax
   if _CPU_DEVICES.value:
     jax.config.update('jax_num_cpu_devices', _CPU_DEVICES.value)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging as py_logging
 import os
 import time
 
@@ -14,6 +15,21 @@ import numpy as np
 from absl import logging
 
 from research import images as image_lib
+
+
+class _QuietLibraries(py_logging.Filter):
+  """Drops INFO chatter from checkpoint/data libraries; their warnings still show."""
+  NOISY = ('/orbax/', '/grain/', '/tensorflow_datasets/', '/etils/', '/jax/_src/', '/optax/')
+
+  def filter(self, record):
+    return record.levelno >= py_logging.WARNING or not any(
+        n in record.pathname for n in self.NOISY)
+
+
+def console_logging() -> None:
+  """INFO logging for the project's command lines, without the libraries' INFO chatter."""
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
 def _scalar(v):
