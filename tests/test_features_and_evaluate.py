@@ -105,7 +105,8 @@ def test_evaluate_skips_metrics_with_too_few_samples(cache, vae_run):
   from research import evaluate
   few = evaluate.evaluate_run(vae_run, num_samples=4)   # the first 4 of the saved 16
   assert few['num_samples'] == 4
+  # k-NN metrics (k=5) need 6 samples a set: skipped with a note, the rest still computed.
   assert 'density' not in few['metrics'] and 'density_coverage' in few['notes']
-  assert 'precision' in few['metrics']                   # k=3 needs 4: still computed
+  assert 'precision' not in few['metrics'] and 'precision_recall' in few['notes']
   assert np.isfinite(few['metrics']['frechet_distance'])
   assert 'density_coverage' in evaluate.format_table(few)

@@ -204,8 +204,13 @@ def _check_k(real, fake, k):
     return _check_features(real, fake, min_samples=int(k) + 1)
 
 
-def precision_recall(real, fake, k=3):
+def precision_recall(real, fake, k=5):
     """Improved precision and recall (Kynkaanniemi et al. 2019).
+
+    k=5 (Naeem et al. 2020's choice, shared with density/coverage) rather than
+    the original paper's k=3: with a few thousand points per set, k=3 balls
+    leave ~14% of same-distribution points uncovered in our feature space
+    (two Fashion-MNIST train halves score 0.86/0.86 at k=3, 0.93/0.93 at k=5).
 
     Each set's manifold is the union of balls around its points with radius
     the distance to the k-th nearest neighbour in the same set.
