@@ -25,6 +25,7 @@ class ConfigError(ValueError):
 FAMILIES = {
     'vae': 'research.vae.family:VAE',
     'classifier': 'research.classifier.family:Classifier',
+    'diffusion': 'research.diffusion.family:Diffusion',
 }
 
 

@@ -53,26 +53,27 @@ def _latest_samples(workdir: str):
   return step, steps[step]
 
 
-def draw_samples(config, workdir: str, num: int):
-  """`num` samples from the run's latest checkpoint, drawn `_CHUNK` at a time; (step, images)."""
+def draw_samples(config, workdir: str, num: int, key: str = 'images'):
+  """`num` samples from the run's latest checkpoint, drawn `_CHUNK` at a time; (step, samples)
+  where samples are the family's `key` output ('images', or 'points' for 2-D toy data)."""
   import jax  # pylint: disable=g-import-not-at-top
   from research import parallel, trainer  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
   config.eval.num_samples = min(num, _CHUNK)
-  exp, state, _, sample_key = trainer._restored(config, workdir, -1)  # pylint: disable=protected-access
+  exp, state, _, sample_key = trainer.restore(config, workdir, -1)
   step = int(parallel.to_host(state.step))
   out = []
   for i in range(-(-num // config.eval.num_samples)):
     s = parallel.to_host(exp.sample(state, jax.random.fold_in(sample_key, i)))
-    if 'images' not in s:
-      raise ValueError(f'the {config.family!r} family draws no images')
-    out.append(np.asarray(s['images'])[:config.eval.num_samples])
-  images = np.concatenate(out)[:num]
+    if key not in s:
+      raise ValueError(f'the {config.family!r} family draws no {key}')
+    out.append(np.asarray(s[key])[:config.eval.num_samples])
+  samples = np.concatenate(out)[:num]
   from research import images as image_lib  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
     image_lib.save_npz(os.path.join(workdir, 'samples', f'eval_samples_{step:07d}.npz'),
-                       {'images': images})
-  return step, images
+                       {key: samples})
+  return step, samples
 
 
 def _try(notes: dict, name: str, fn):
@@ -91,6 +92,8 @@ def evaluate_run(workdir: str, num_samples: int = 0, max_real: int = 10000) -> d
   start = time.perf_counter()
   with open(os.path.join(workdir, 'config.json')) as f:
     config = features.config_from_json(json.load(f))
+  if datasets.is_toy(config.data.name):
+    return evaluate_toy_run(workdir, config, num_samples)
   if config.data.name not in datasets.DATASETS:
     raise ValueError(f'config.data.name={config.data.name!r} is not an image dataset')
 
@@ -196,6 +199,55 @@ def evaluate_run(workdir: str, num_samples: int = 0, max_real: int = 10000) -> d
   tb.add_text('sample_quality/feature_space',
               f"{space}; test accuracy {info['test_accuracy']}", step)
   tb.close()
+  return result
+
+
+def _load_samples(workdir: str, config, num_samples: int, key: str):
+  step, path = _latest_samples(workdir)
+  samples = None
+  if path is not None:
+    with np.load(path) as z:
+      samples = np.asarray(z[key]) if key in z else None
+  if samples is None or (num_samples and len(samples) < num_samples):
+    if not num_samples:
+      raise FileNotFoundError(f'no samples/samples_*.npz with {key} under {workdir}: train '
+                              'or run --mode=sample first, or pass --num_samples')
+    step, samples = draw_samples(config, workdir, num_samples, key)
+  return step, samples[:num_samples] if num_samples else samples
+
+
+def evaluate_toy_run(workdir: str, config, num_samples: int = 0) -> dict:
+  """2-D toy data: mode coverage by the PacGAN protocol for the mixtures (on the first 2,500
+  samples), and Frechet distance and precision / recall on the raw coordinates against the
+  test split for every toy set."""
+  from research.data import pipeline, toy  # pylint: disable=g-import-not-at-top
+  from research.evaluation import toy_mixtures  # pylint: disable=g-import-not-at-top
+  from research.evaluation import sample_quality as sq  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  step, points = _load_samples(workdir, config, num_samples, 'points')
+  read = pipeline.reader(config.data, config.data.eval_split)
+  test = np.asarray(read.rows(np.arange(read.num_examples))[0], np.float64)
+  notes, metrics = {}, {}
+  if toy.modes(config.data.name) is not None:
+    n = min(len(points), toy_mixtures.PACGAN_NUM_SAMPLES)
+    if n < toy_mixtures.PACGAN_NUM_SAMPLES:
+      notes['mode_coverage'] = f'on {n} samples, fewer than the protocol\'s 2,500'
+    cov = toy_mixtures.mode_coverage(points[:n], toy.modes(config.data.name),
+                                     toy.mode_std(config.data.name))
+    metrics.update({k: float(cov[k]) for k in ('modes_captured', 'high_quality_fraction',
+                                                'reverse_kl')})
+    notes['mode_histogram'] = str(cov['histogram'])
+    metrics['num_modes'] = float(len(toy.modes(config.data.name)))
+  metrics['frechet_distance_2d'] = sq.frechet_distance(test, points)
+  pr = _try(notes, 'precision_recall', lambda: sq.precision_recall(test[:len(points)], points))
+  if pr is not None:
+    metrics.update(pr)
+  result = {'step': step, 'num_samples': len(points), 'num_real': len(test),
+            'feature_space': 'raw 2-D coordinates', 'feature_net_test_accuracy': float('nan'),
+            'metrics': metrics, 'reference_test_vs_train': {}, 'notes': notes,
+            'wall_time_s': time.perf_counter() - start}
+  with open(os.path.join(workdir, 'eval.json'), 'w') as f:
+    json.dump(result, f, indent=2, sort_keys=True)
   return result
 
 

@@ -233,7 +233,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   return final
 
 
-def _restored(config, workdir: str, step: int):
+def restore(config, workdir: str, step: int = -1):
+  """(experiment, state, eval_key, sample_key) of a saved run at `step` (-1 = latest), built on
+  this process's devices (any count: checkpoints are device-count independent)."""
   exp = build(config)
   _, train_key, eval_key, sample_key = _keys(config.seed, exp.mesh)
   state = init_state(exp, _train_iterator(config))
@@ -247,7 +249,7 @@ def _restored(config, workdir: str, step: int):
 
 def evaluate_checkpoint(config, workdir: str, step: int = -1) -> dict:
   """`--mode=eval`: eval a saved checkpoint; writes eval_<step>.json."""
-  exp, state, eval_key, _ = _restored(config, workdir, step)
+  exp, state, eval_key, _ = restore(config, workdir, step)
   step = int(parallel.to_host(state.step))
   metrics = evaluate(exp, state, eval_key) | {'step': step}
   writer = MetricWriter(workdir, config.train.num_steps, config.train.batch_size)
@@ -259,7 +261,7 @@ def evaluate_checkpoint(config, workdir: str, step: int = -1) -> dict:
 
 def sample_checkpoint(config, workdir: str, step: int = -1) -> dict:
   """`--mode=sample`: sample grids and raw samples from a saved checkpoint."""
-  exp, state, _, sample_key = _restored(config, workdir, step)
+  exp, state, _, sample_key = restore(config, workdir, step)
   step = int(parallel.to_host(state.step))
   writer = MetricWriter(workdir, config.train.num_steps, config.train.batch_size)
   out = write_samples(exp, state, sample_key, writer, step)

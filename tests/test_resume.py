@@ -19,7 +19,7 @@ def _run(config, workdir, batches, kill_at=None):
 
 
 def _params(config, workdir):
-  exp, state, _, _ = trainer._restored(config, workdir, -1)
+  exp, state, _, _ = trainer.restore(config, workdir, -1)
   return parallel.to_host(state.params), int(parallel.to_host(state.step))
 
 

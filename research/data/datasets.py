@@ -11,12 +11,19 @@
 | digits        | `genlab_digits` (scikit-learn 8x8 UCI optdigits)       | -                        |
 |               | 1497 train / 300 test, 8x8x1 (stratified split)        |                          |
 | cifar10       | -                                                      | `cifar10` 50000 / 10000  |
+| ring8         | generated in memory (research/data/toy.py)             | -                        |
+| grid25        | 50000 train / 10000 test, 2-D points (key 'x')         |                          |
+| swiss_roll    |                                                        |                          |
 
 The package builders (research/data/builders) are TFDS `GeneratorBasedBuilder`s that read the
 installed package's files, are prepared once as ArrayRecord into `config.data.data_dir`
 ('' = TFDS's default, $TFDS_DATA_DIR or ~/tensorflow_datasets) and read with
 `as_data_source` -- random access, no TensorFlow. Splits accept TFDS slicing
 ('train[:90%]', 'train[54000:]', 'train+test').
+
+The 2-D toy datasets (`is_toy(name)`) need no preparing: each split is a fixed in-memory draw,
+batched by the same pipeline under the key 'x' (float32 [B, 2]) instead of 'image'; image
+augmentation and dedup do not apply to them.
 
 `validate()` is cheap (no TFDS import, no preparing): it only checks names and that the files or
 modules a dataset needs exist. `data_source()` prepares on first use and is cached.
@@ -33,6 +40,7 @@ import re
 from typing import Any, Optional
 
 from research import configs
+from research.data import toy
 
 # Where the Debian package dataset-fashion-mnist puts its idx.gz files. Tests monkeypatch this
 # (the builder reads it at preparation time too).
@@ -48,25 +56,34 @@ DEDUP_MODES = ('none', 'exact', 'near')
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-  image_shape: tuple[int, int, int]   # (H, W, C)
+  shape: tuple[int, ...]              # one example: (H, W, C) for images, (2,) for toy data
   num_classes: int
   num_train: int                      # examples in config.data.train_split
   num_eval: int                       # examples one eval pass covers (after num_eval_examples)
+  key: str = 'image'                  # the batch key of the examples: 'image' or 'x' (toy)
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:  # the name image-only callers use
+    return self.shape
 
 
 @dataclasses.dataclass(frozen=True)
 class _Variant:
   """One (name, source) pair: the TFDS builder to read and its split sizes."""
-  builder: str                        # TFDS dataset name
+  builder: Optional[str]              # TFDS dataset name; None: generated in memory (toy)
   splits: dict                        # split name -> number of examples
 
 
 @dataclasses.dataclass(frozen=True)
 class _Dataset:
-  image_shape: tuple[int, int, int]
+  shape: tuple[int, ...]
   num_classes: int
   package: Optional[_Variant]
   tfds: Optional[_Variant]
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    return self.shape
 
 
 DATASETS = {
@@ -86,7 +103,16 @@ DATASETS = {
         (32, 32, 3), 10,
         package=None,
         tfds=_Variant('cifar10', {'train': 50000, 'test': 10000})),
+    **{name: _Dataset(toy.SHAPE, toy.NUM_CLASSES[name], package=_Variant(None, dict(toy.SPLITS)),
+                      tfds=None)
+       for name in toy.NAMES},
 }
+
+
+def is_toy(name: str) -> bool:
+  """Whether `name` is a 2-D toy dataset (batches {'x': float32 [B, 2], 'label'})."""
+  return toy.is_toy(name)
+
 
 # Package builders: TFDS name -> 'module:Class' (imported lazily; importing TFDS costs ~0.5 s).
 PACKAGE_BUILDERS = {
@@ -136,6 +162,10 @@ def _check_split(field: str, split: str, known: dict) -> None:
 
 def _check_installed(data_cfg) -> None:
   name = data_cfg.name
+  if is_toy(name):  # generated in memory: only the pipeline's grain is needed
+    configs.require(importlib.util.find_spec('grain') is not None, 'data.source',
+                    data_cfg.source, 'needs grain (not installed); run: pip install -e .')
+    return
   if data_cfg.source == 'package':
     if name == 'fashion_mnist':
       d = FASHION_MNIST_DIR
@@ -161,6 +191,19 @@ def _check_installed(data_cfg) -> None:
                     data_cfg.source, f'needs {pip} (not installed); run: pip install -e .')
 
 
+def _check_toy_options(data_cfg) -> None:
+  """Image augmentations and dedup would silently mean nothing on 2-D points: reject them."""
+  a = data_cfg.augment
+  for field, default in (('flip', False), ('crop_pad', 0), ('dequantize', False),
+                         ('binarize', 'none')):
+    configs.require(a[field] == default, f'data.augment.{field}', a[field],
+                    f'image augmentation does not apply to the 2-D toy dataset '
+                    f'{data_cfg.name!r}; leave it at {default!r}')
+  dedup = data_cfg.get('dedup', 'none')
+  configs.require(dedup == 'none', 'data.dedup', dedup,
+                  f"dedup does not apply to the 2-D toy dataset {data_cfg.name!r}; use 'none'")
+
+
 def validate(data_cfg) -> None:
   """Checks `config.data`; raises a one-line ConfigError naming the field and the fix.
 
@@ -170,7 +213,11 @@ def validate(data_cfg) -> None:
                   f'unknown dataset; use one of {sorted(DATASETS)}')
   configs.one_of(data_cfg.source, SOURCES, 'data.source')
   ds = DATASETS[data_cfg.name]
-  if data_cfg.source == 'package':
+  if is_toy(data_cfg.name):
+    configs.require(data_cfg.source == 'package', 'data.source', data_cfg.source,
+                    f'the toy dataset {data_cfg.name!r} is generated in memory and has no TFDS '
+                    "catalog version; use source='package'")
+  elif data_cfg.source == 'package':
     configs.require(ds.package is not None, 'data.source', data_cfg.source,
                     f'no offline package builder for name={data_cfg.name!r}; use source=tfds '
                     "(needs TensorFlow: pip install -e .[tf])")
@@ -199,6 +246,8 @@ def validate(data_cfg) -> None:
   rms = data_cfg.get('dedup_rms', 0.02)
   configs.require(isinstance(rms, (int, float)) and not isinstance(rms, bool) and rms > 0,
                   'data.dedup_rms', rms, 'must be a number > 0 (per-pixel RMS distance)')
+  if is_toy(data_cfg.name):
+    _check_toy_options(data_cfg)
   data_dir = data_cfg.data_dir
   configs.require(isinstance(data_dir, str), 'data.data_dir', data_dir,
                   "must be a path string ('' = the TFDS default)")
@@ -214,6 +263,8 @@ def split_size(data_cfg, split: str) -> int:
   var = _variant(data_cfg)
   if split in var.splits:
     return var.splits[split]
+  if is_toy(data_cfg.name):
+    return toy.split_size(split)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   split_infos = {
       k: tfds.core.SplitInfo(name=k, shard_lengths=[v], num_bytes=0, filename_template=None)
@@ -231,8 +282,9 @@ def info(data_cfg) -> DatasetInfo:
   num_eval = split_size(data_cfg, data_cfg.eval_split)
   if data_cfg.num_eval_examples != -1:
     num_eval = min(num_eval, data_cfg.num_eval_examples)
-  return DatasetInfo(image_shape=ds.image_shape, num_classes=ds.num_classes,
-                     num_train=split_size(data_cfg, data_cfg.train_split), num_eval=num_eval)
+  return DatasetInfo(shape=ds.shape, num_classes=ds.num_classes,
+                     num_train=split_size(data_cfg, data_cfg.train_split), num_eval=num_eval,
+                     key='x' if is_toy(data_cfg.name) else 'image')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,7 +356,8 @@ def prepared_builder(tfds_name: str, data_dir: Optional[str]):
 
 
 def data_source(data_cfg, split: str):
-  """A random-access source (len, [i] -> {'image': uint8 HWC, 'label': int, ...}) of `split`.
+  """A random-access source (len, [i] -> {'image': uint8 HWC, 'label': int, ...}) of `split`
+  ({'x': float32 [2], 'label'} for toy data, generated in memory).
 
   source='package': the project builder, prepared on first use into data_dir.
   source='tfds': the TFDS catalog dataset via `tfds.data_source` (downloads and prepares it as
@@ -315,6 +368,8 @@ def data_source(data_cfg, split: str):
 
 def open_source(name: str, source: str, data_dir: str, split: str):
   """`data_source` for an already validated (name, source, data_dir)."""
+  if is_toy(name):
+    return toy.Source(name, split)
   ds = DATASETS[name]
   var = ds.package if source == 'package' else ds.tfds
   data_dir = os.path.expanduser(data_dir) if data_dir else None
@@ -329,6 +384,8 @@ def open_source(name: str, source: str, data_dir: str, split: str):
 def read_package_split(name: str, data_dir: str, split: str):
   """A whole split of a package dataset as (uint8 images [N, H, W, C], int64 labels [N]), read in
   one fast pass (the same examples, in the same order, as `open_source`)."""
+  if is_toy(name):
+    raise ValueError(f'{name!r} is a 2-D toy dataset, not images; use toy.split_arrays')
   from research.data.builders import _base  # pylint: disable=g-import-not-at-top
   data_dir = os.path.expanduser(data_dir) if data_dir else None
   builder = prepared_builder(DATASETS[name].package.builder, data_dir)

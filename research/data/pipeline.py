@@ -31,6 +31,11 @@ with the kept examples in place of the split (with nothing dropped the stream is
 Needs the in-memory reader.
 
 Eval: one pass over the eval split in file order, padded to whole global batches and masked.
+
+Toy data (`datasets.is_toy`: ring8, grid25, swiss_roll): the same train and eval machinery over a
+reader of in-memory float32 points (research/data/toy.py). Batches carry them under 'x'
+(float32 [B, 2]) instead of 'image'; there is no uint8 scaling, and validation has ruled out
+augmentation and dedup. Ordering, exact resume and host sharding are as above.
 """
 from __future__ import annotations
 
@@ -50,6 +55,7 @@ import numpy as np
 
 from research.data import augment as augment_lib
 from research.data import datasets
+from research.data import toy
 
 # Splits up to this size (decoded uint8 images) are held in memory; larger ones are streamed.
 MAX_IN_MEMORY_BYTES = 2 << 30
@@ -100,7 +106,9 @@ def to_float(images: np.ndarray) -> np.ndarray:
 
 class _Reader:
   """rows(indices) -> (uint8 images [n, H, W, C], int64 labels [n]) from one split: from arrays
-  in memory when given, else read from the random-access `source`."""
+  in memory when given, else read from the random-access `source`. `to_features` turns rows into
+  the float32 batch entry `key`."""
+  key = 'image'
 
   def __init__(self, source, arrays=None):
     self._source, self._arrays = source, arrays
@@ -121,6 +129,23 @@ class _Reader:
   def _source_shape(self):
     return np.asarray(self._source[0]['image']).shape
 
+  @staticmethod
+  def to_features(rows: np.ndarray) -> np.ndarray:
+    return to_float(rows)
+
+
+class _PointsReader(_Reader):
+  """rows(indices) -> (float32 points [n, 2], int64 labels [n]) of a toy split in memory; the
+  points are model inputs already, so `to_features` passes them through."""
+  key = 'x'
+
+  def __init__(self, points: np.ndarray, labels: np.ndarray):
+    super().__init__(None, (points, labels))
+
+  @staticmethod
+  def to_features(rows: np.ndarray) -> np.ndarray:
+    return np.asarray(rows, np.float32)
+
 
 def _read_all(source, n: int, image_shape, chunk: int = 4096):
   images = np.empty((n, *image_shape), np.uint8)
@@ -138,6 +163,8 @@ def _read_all(source, n: int, image_shape, chunk: int = 4096):
 @functools.lru_cache(maxsize=8)
 def _cached_reader(name: str, source: str, data_dir: str, split: str,
                    in_memory_limit: int) -> _Reader:
+  if datasets.is_toy(name):
+    return _PointsReader(*toy.split_arrays(name, split))
   src = datasets.open_source(name, source, data_dir, split)
   shape = datasets.DATASETS[name].image_shape
   if len(src) * math.prod(shape) > in_memory_limit:
@@ -152,7 +179,7 @@ def _cached_reader(name: str, source: str, data_dir: str, split: str,
 
 def reader(data_cfg, split: str) -> _Reader:
   """The reader of one split, cached for the process: prepares the dataset on first use and, for
-  a split that fits `MAX_IN_MEMORY_BYTES`, reads it into memory once."""
+  a split that fits `MAX_IN_MEMORY_BYTES`, reads it into memory once (toy data: generates it)."""
   datasets.validate(data_cfg)
   return _cached_reader(data_cfg.name, data_cfg.source, data_cfg.data_dir, split,
                         MAX_IN_MEMORY_BYTES)
@@ -170,8 +197,15 @@ class _SubsetReader:
     self._base, self._keep = base, np.asarray(keep, np.int64)
     self.num_examples = len(self._keep)
 
+  @property
+  def key(self) -> str:
+    return self._base.key
+
   def rows(self, indices: np.ndarray):
     return self._base.rows(self._keep[np.asarray(indices, np.int64)])
+
+  def to_features(self, rows: np.ndarray) -> np.ndarray:
+    return self._base.to_features(rows)
 
 
 # base reader -> {(mode, threshold): _SubsetReader}: one dedup pass per process and reader.
@@ -266,7 +300,8 @@ def _read_options(data_cfg) -> grain.ReadOptions:
 
 def _augment_rows(images: np.ndarray, positions: Sequence[int], aug: augment_lib.Augment,
                   rng: PositionRng | None) -> np.ndarray:
-  """Per-example augmentation of float32 [n, H, W, C], example i with the rng of positions[i]."""
+  """Per-example augmentation of float32 [n, H, W, C], example i with the rng of positions[i]
+  (the identity for the default Augment(), the only one toy data allows)."""
   if aug == augment_lib.Augment():
     return images
   if not aug.is_random:  # threshold binarization only
@@ -311,9 +346,9 @@ class TrainBatches:
     for e in np.unique(epochs):
       sel = epochs == e
       indices[sel] = self._perm(int(e))[offsets[sel]]
-    images, labels = self._read.rows(indices)
-    images = _augment_rows(to_float(images), positions, self._aug, self._rng())
-    return {'image': images, 'label': labels.astype(np.int32)}
+    stored, labels = self._read.rows(indices)
+    x = _augment_rows(self._read.to_features(stored), positions, self._aug, self._rng())
+    return {self._read.key: x, 'label': labels.astype(np.int32)}
 
   def _rng(self) -> PositionRng | None:
     if not self._aug.is_random:
@@ -339,9 +374,10 @@ def train_dataset(data_cfg, global_batch_size: int, seed: int, process_index: in
 def train_iterator(data_cfg, global_batch_size: int, seed: int, process_index: int = 0,
                    process_count: int = 1) -> grain.DatasetIterator:
   """Infinite iterator of this host's training batches:
-  {'image': float32 [B_host, H, W, C] in [0, 1] (augmented), 'label': int32 [B_host]},
-  B_host = global_batch_size // process_count. Deterministic from `seed`; see the module
-  docstring for how host shards compose. Supports get_state()/set_state() and grain.checkpoint."""
+  {'image': float32 [B_host, H, W, C] in [0, 1] (augmented), 'label': int32 [B_host]}
+  (toy data: {'x': float32 [B_host, 2], 'label'}), B_host = global_batch_size // process_count.
+  Deterministic from `seed`; see the module docstring for how host shards compose. Supports
+  get_state()/set_state() and grain.checkpoint."""
   ds = train_dataset(data_cfg, global_batch_size, seed, process_index, process_count)
   return iter(ds.to_iter_dataset(_read_options(data_cfg)))
 
@@ -376,16 +412,16 @@ class EvalBatches:
       raise IndexError(j)
     rows = np.arange(j * self._b, (j + 1) * self._b, dtype=np.int64)
     real = rows[rows < self._n]
-    images, labels = self._read.rows(real)
+    stored, labels = self._read.rows(real)
     rng = None
     if self._aug.is_random:
       if not hasattr(self._local, 'rng'):
         self._local.rng = PositionRng(self._seed)
       rng = self._local.rng
-    images = _augment_rows(to_float(images), real, self._aug, rng)
+    x = _augment_rows(self._read.to_features(stored), real, self._aug, rng)
     pad = self._b - len(real)
     return {
-        'image': np.concatenate([images, np.zeros((pad, *images.shape[1:]), np.float32)]),
+        self._read.key: np.concatenate([x, np.zeros((pad, *x.shape[1:]), np.float32)]),
         'label': np.concatenate([labels.astype(np.int32), np.zeros(pad, np.int32)]),
         'mask': np.concatenate([np.ones(len(real), np.float32), np.zeros(pad, np.float32)]),
     }
@@ -403,13 +439,14 @@ def eval_batches(data_cfg, global_batch_size: int, process_index: int = 0,
   """One deterministic pass over `data_cfg.eval_split` (its first num_eval_examples if != -1).
 
   Yields {'image': float32 [B_host, H, W, C], 'label': int32 [B_host], 'mask': float32 [B_host]}
-  (mask 1 = real example, 0 = padding), B_host = global_batch_size // process_count, exactly
-  `num_eval_batches()` batches on every host. Global batch k holds examples
-  [k * global_batch_size, (k + 1) * global_batch_size) in split order and host p its p-th
-  slice, so every real example appears exactly once across hosts and the hosts' batches
-  concatenate to the single-process batch. No shuffling and no random augmentation, except
-  binarization: 'threshold' thresholds; 'dynamic' binarizes once with an rng from `seed` and the
-  example's index, so every call and every machine sees the same binary eval set."""
+  (mask 1 = real example, 0 = padding; toy data: 'x' float32 [B_host, 2] for 'image'),
+  B_host = global_batch_size // process_count, exactly `num_eval_batches()` batches on every
+  host. Global batch k holds examples [k * global_batch_size, (k + 1) * global_batch_size) in
+  split order and host p its p-th slice, so every real example appears exactly once across
+  hosts and the hosts' batches concatenate to the single-process batch. No shuffling and no
+  random augmentation, except binarization: 'threshold' thresholds; 'dynamic' binarizes once
+  with an rng from `seed` and the example's index, so every call and every machine sees the same
+  binary eval set."""
   b = _host_batch_size(global_batch_size, process_index, process_count)
   num_real = datasets.info(data_cfg).num_eval
   read = reader(data_cfg, data_cfg.eval_split)

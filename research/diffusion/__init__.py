@@ -1,0 +1,1 @@
+"""Diffusion models: DDPM / VDM / EDM training, noise schedules, samplers and likelihood."""

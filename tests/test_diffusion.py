@@ -1,0 +1,258 @@
+"""The diffusion family: parameterizations, likelihood bounds against closed forms, the
+data-parallel step, and a short end-to-end run of each process."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from research import configs, parallel, trainer
+from research.data import pipeline
+from research.diffusion import likelihood, losses, parameterization as param, schedules
+from tests import helpers
+
+
+def tiny(process='ddpm', **diffusion):
+  c = helpers.load_config('diffusion_digits')
+  c.diffusion.process = process
+  for k, v in diffusion.items():
+    c.diffusion[k] = v
+  c.train.batch_size = 16
+  c.train.num_steps = 4
+  c.optimizer.schedule.name = 'constant'   # lr > 0 from the first step
+  c.optimizer.schedule.warmup_steps = 0
+  c.train.log_every = 2
+  c.train.eval_every = c.train.sample_every = c.train.checkpoint_every = 4
+  c.eval.num_samples = 4
+  c.sampler.steps = 5
+  return c
+
+
+# --- parameterization -----------------------------------------------------------------------
+
+@pytest.mark.parametrize('target', param.TARGETS)
+def test_targets_round_trip_and_weights(target):
+  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+  x0 = jax.random.normal(k1, (6, 5))
+  eps = jax.random.normal(k2, (6, 5))
+  logsnr = jnp.linspace(-8, 8, 6)
+  alpha, sigma = schedules.vp_alpha_sigma(logsnr)
+  z = alpha[:, None] * x0 + sigma[:, None] * eps
+  tgt = param.vp_target(target, x0, eps, logsnr)
+  np.testing.assert_allclose(param.vp_x0(target, tgt, z, logsnr), x0, atol=2e-4)
+  # A perturbed prediction: target-space error = x0_weight * x0-space error.
+  pred = tgt + 0.01 * jax.random.normal(k3, tgt.shape)
+  err_t = jnp.sum((pred - tgt) ** 2, -1)
+  err_x0 = jnp.sum((param.vp_x0(target, pred, z, logsnr) - x0) ** 2, -1)
+  np.testing.assert_allclose(err_t, param.x0_weight(target, logsnr) * err_x0, rtol=1e-3)
+
+
+def test_vp_denoiser_sees_the_vp_latent():
+  """D(x, sigma) on VE input x = x0 + sigma eps gives back x0 when the net outputs the true
+  eps of z = x / sqrt(1 + sigma^2)."""
+  x0 = jnp.array([[0.3, -0.7]])
+  eps = jnp.array([[1.2, 0.4]])
+  sigma = 2.5
+
+  def oracle_eps(z, c):
+    s = jnp.exp(4 * c)[:, None]              # c_noise = ln(sigma) / 4
+    return (z * jnp.sqrt(1 + s ** 2) - x0) / s
+
+  d = param.vp_denoiser(oracle_eps, 'eps')
+  np.testing.assert_allclose(d(x0 + sigma * eps, jnp.float32(sigma)), x0, atol=1e-5)
+
+
+def test_edm_loss_is_weighted_denoising_error():
+  """EDM eq. 8: unit-weight F error == lambda(sigma) ||D - x0||^2, lambda = 1 / c_out^2."""
+  k1, k2, k3 = jax.random.split(jax.random.key(1), 3)
+  x0 = jax.random.normal(k1, (4, 3))
+  eps = jax.random.normal(k2, (4, 3))
+  sigma = jnp.array([0.01, 0.3, 2.0, 50.0])
+  w = jax.random.normal(k3, (3, 3)) * 0.3
+  net = lambda x, c: jnp.tanh(x @ w) + c[:, None]
+  loss = losses.edm_loss(net, x0, eps, sigma, 0.5)
+  d = jnp.stack([param.edm_denoiser(net, 0.5)(x0[i:i + 1] + sigma[i] * eps[i:i + 1], sigma[i])[0]
+                 for i in range(4)])
+  _, c_out, _ = param.edm_coefficients(sigma, 0.5)
+  np.testing.assert_allclose(loss, jnp.mean((d - x0) ** 2, -1) / c_out ** 2, rtol=1e-4)
+
+
+def test_min_snr_weighting_is_target_independent():
+  """Min-SNR-gamma weights the x0-space error by min(SNR, gamma) for every target."""
+  k1, k2 = jax.random.split(jax.random.key(2))
+  x0 = jax.random.normal(k1, (5, 4))
+  eps = jax.random.normal(k2, (5, 4))
+  logsnr = jnp.linspace(-4, 6, 5)
+  fixed_x0 = x0 * 0.9                         # one fixed (imperfect) x0 prediction
+  out = {}
+  for target in param.TARGETS:
+    def net(z, c, target=target):
+      return param.vp_target(target, fixed_x0, (z - schedules.vp_alpha_sigma(logsnr)[0][:, None]
+                                                * fixed_x0) /
+                             schedules.vp_alpha_sigma(logsnr)[1][:, None], logsnr)
+    out[target] = losses.vp_loss(net, x0, eps, logsnr, target, 'min_snr', 5.0)
+  expected = jnp.minimum(jnp.exp(logsnr), 5.0) * jnp.mean((fixed_x0 - x0) ** 2, -1)
+  for target in param.TARGETS:
+    np.testing.assert_allclose(out[target], expected, rtol=2e-3)
+
+
+# --- likelihood -----------------------------------------------------------------------------
+
+def test_discrete_decoders_normalize():
+  levels = jnp.linspace(-1, 1, 256)
+  mean = jnp.full((256, 1), 0.137)
+  p = jnp.exp(likelihood.discretized_gaussian_log_prob(levels[:, None], mean, 0.05))
+  np.testing.assert_allclose(p.sum(), 1.0, atol=1e-5)
+  x_noisy = jnp.full((256, 1), -0.42)
+  q = jnp.exp(likelihood.categorical_decoder_log_prob(levels[:, None], x_noisy, 0.01))
+  np.testing.assert_allclose(q.sum(), 1.0, atol=1e-5)
+
+
+_LEVELS = np.linspace(-1, 1, 256)
+
+
+def _discretized_gaussian_data(n, std=0.3, seed=0):
+  """Gaussian data rounded to the 256-level grid: samples [n, 1], level probabilities, and the
+  exact discrete entropy (nats)."""
+  rng = np.random.default_rng(seed)
+  edges = np.concatenate([[-np.inf], (_LEVELS[1:] + _LEVELS[:-1]) / 2, [np.inf]])
+  p = np.diff(stats.norm.cdf(edges, scale=std))
+  x = rng.choice(_LEVELS, size=(n, 1), p=p)
+  return jnp.asarray(x, jnp.float32), p, float(-np.sum(p[p > 0] * np.log(p[p > 0])))
+
+
+def _exact_x0_fn(p):
+  """E[x0 | z] for x0 on the 256 levels with probabilities p: the optimal denoiser."""
+  log_p = jnp.log(jnp.asarray(np.maximum(p, 1e-300), jnp.float32))
+  levels = jnp.asarray(_LEVELS, jnp.float32)
+
+  def x0_fn(z, logsnr):
+    alpha, sigma = schedules.vp_alpha_sigma(logsnr)
+    alpha, sigma = alpha[:, None], sigma[:, None]
+    logits = log_p - 0.5 * ((z - alpha * levels) / sigma) ** 2     # [B, 256]
+    return jnp.sum(jax.nn.softmax(logits, -1) * levels, -1, keepdims=True)
+  return x0_fn
+
+
+def test_continuous_time_bound_is_tight_with_the_exact_denoiser():
+  """VDM's bound with the exact denoiser equals the data's discrete entropy (up to the small
+  prior mismatch at logsnr(1)), and never falls below it."""
+  x, p, entropy = _discretized_gaussian_data(20000)
+  logsnr_fn = lambda t: schedules.logsnr_and_derivative(
+      lambda s: -(-13.3 + (5.0 + 13.3) * s), t)        # VDM's fixed linear gamma schedule
+  out = jax.jit(lambda k: likelihood.continuous_time_nll(_exact_x0_fn(p), x, logsnr_fn, k, 4))(
+      jax.random.key(3))
+  nll = float(jnp.mean(out['nll']))
+  se = float(jnp.std(out['nll']) / np.sqrt(len(x)))
+  assert nll >= entropy - 3 * se
+  assert nll - entropy < 0.01 + 3 * se, (nll, entropy, se)
+
+
+def test_discrete_time_bound_with_the_exact_denoiser():
+  """Ho et al.'s T=1000 bound: above the entropy, by about the decoder's bin-level loss."""
+  x, p, entropy = _discretized_gaussian_data(20000, seed=1)
+  levels = jnp.asarray(schedules.discrete_logsnr(schedules.linear_betas(1000)))
+  out = jax.jit(lambda k: likelihood.discrete_time_nll(_exact_x0_fn(p), x, levels, k, 4))(
+      jax.random.key(4))
+  nll = float(jnp.mean(out['nll']))
+  assert entropy < nll < entropy + 1.0, (nll, entropy)
+  assert float(jnp.mean(out['prior'])) < 1e-3      # q(x_T | x0) is ~N(0, I) at T = 1000
+
+
+# --- the family in the harness --------------------------------------------------------------
+
+def _one_step(config, mesh, batch):
+  exp = trainer.build(config, mesh)
+  state = exp.init(jax.random.key(0), parallel.host_batch_to_global(batch, mesh))
+  return exp.train_step(state, parallel.host_batch_to_global(batch, mesh), jax.random.key(1))
+
+
+@pytest.mark.parametrize('process,extra', [('ddpm', {}), ('vdm', {'schedule': 'learned'}),
+                                           ('edm', {})])
+def test_two_device_step_equals_one_device_step(process, extra):
+  assert jax.device_count() == 2
+  config = tiny(process, **extra)
+  # Plain SGD: Adam's first step is ~lr * sign(grad), which flips on float noise where a
+  # gradient is ~0 (seen in the learned schedule's biases), so it would not test the sum.
+  config.optimizer.name = 'sgd'
+  config.optimizer.lr = 0.1
+  configs.validate(config, 2)
+  batch = next(pipeline.train_iterator(config.data, config.train.batch_size, config.seed))
+  out = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    state, metrics = _one_step(config, parallel.make_mesh(devices), batch)
+    out.append(parallel.to_host((state.params, metrics)))
+  chex.assert_trees_all_close(out[0], out[1], atol=2e-5, rtol=2e-5)
+
+
+def test_learned_schedule_gets_variance_gradient():
+  """VDM's learned schedule: its parameters move in training and stay monotone."""
+  config = tiny('vdm', schedule='learned')
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  exp = trainer.build(config, mesh)
+  batch = next(pipeline.train_iterator(config.data, config.train.batch_size, config.seed))
+  gb = parallel.host_batch_to_global(batch, mesh)
+  state0 = exp.init(jax.random.key(0), gb)
+  before = parallel.to_host(state0.params['schedule'])   # read before the donating step
+  state, metrics = exp.train_step(state0, gb, jax.random.key(1))
+  after = parallel.to_host(state.params['schedule'])
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), before, after)
+  assert max(jax.tree.leaves(moved)) > 0
+  assert np.isfinite(parallel.to_host(metrics['loss']))
+
+
+@pytest.mark.parametrize('process,extra,sampler', [
+    ('ddpm', {}, 'ddpm'),
+    ('ddpm', {'num_timesteps': 0, 'schedule': 'cosine', 'target': 'v'}, 'dpmpp_2m'),
+    ('vdm', {'schedule': 'learned'}, 'ddim'),
+    ('edm', {}, 'heun'),
+])
+def test_each_process_trains_evaluates_and_samples(tmp_path, process, extra, sampler):
+  config = tiny(process, **extra)
+  config.sampler.name = sampler
+  final = trainer.train(config, str(tmp_path))
+  assert np.isfinite(final['loss'])
+  if process != 'edm':
+    assert 0 < final['bpd'] < 16, final          # bits/dim of 8-bit data: finite, sane
+  with np.load(tmp_path / 'samples' / 'samples_0000004.npz') as z:
+    images = z['images']
+  assert images.shape == (4, 8, 8, 1) and np.isfinite(images).all()
+  assert images.min() >= 0 and images.max() <= 1
+
+
+def test_class_conditional_guidance_zero_is_conditional_sampling():
+  config = tiny('ddpm')
+  config.model.class_conditional = True
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  exp = trainer.build(config, mesh)
+  batch = next(pipeline.train_iterator(config.data, config.train.batch_size, config.seed))
+  state = exp.init(jax.random.key(0), parallel.host_batch_to_global(batch, mesh))
+  state, _ = exp.train_step(state, parallel.host_batch_to_global(batch, mesh), jax.random.key(1))
+  family = exp.family
+  params = parallel.to_host(state.eval_params)
+  base = family.sample_with(params, jax.random.key(5), 4)
+  guided_cfg = config.sampler.copy_and_resolve_references()
+  guided_cfg.guidance = 0.0
+  again = family.sample_with(params, jax.random.key(5), 4, guided_cfg)
+  np.testing.assert_array_equal(base['images'], again['images'])
+  guided_cfg.guidance = 3.0
+  pushed = family.sample_with(params, jax.random.key(5), 4, guided_cfg)
+  assert np.abs(np.asarray(pushed['images']) - np.asarray(base['images'])).max() > 0
+
+
+@pytest.mark.parametrize('override,field', [
+    ({'diffusion.process': 'flow'}, 'diffusion.process'),
+    ({'diffusion.schedule': 'learned'}, 'diffusion.schedule'),
+    ({'sampler.guidance': 2.0}, 'sampler.guidance'),
+    ({'sampler.steps': 5000}, 'sampler.steps'),
+    ({'model.channel_mults': '1,2,2,2,2'}, 'model.channel_mults'),
+    ({'model.arch': 'mlp'}, 'model.arch'),
+])
+def test_config_errors_name_the_field(override, field):
+  config = tiny()
+  for k, v in override.items():
+    section, name = k.split('.')
+    config[section][name] = v
+  with pytest.raises(configs.ConfigError, match=field.replace('.', r'\.')):
+    configs.validate(config, 1)
