@@ -9,128 +9,135 @@ import pytest
 
 from research.diffusion import networks
 
-# Small enough to compile in seconds; still three levels (28 -> 14 -> 7), attention at 7.
-SMALL = dict(channels=16, channel_mults=(1, 2, 2), num_res_blocks=1, attn_resolutions=(7,),
-             norm_groups=8, num_heads=2)
+# Small (two levels, 28 -> 14, attention at 14) to compile fast; the three-level Fashion-MNIST
+# and CIFAR-10 shapes are checked with jax.eval_shape, which compiles nothing.
+SMALL = dict(channels=8, channel_mults=(1, 2), num_res_blocks=1, attn_resolutions=(14,),
+             norm_groups=4, num_heads=2)
+
+
+def _key(seed):
+  # 'rbg' keys: threefry initialisers take XLA seconds per parameter shape to compile on CPU.
+  return jax.random.key(seed, impl='rbg')
 
 
 def _inputs(shape, seed=0):
-  kx, kc = jax.random.split(jax.random.key(seed))
-  return jax.random.normal(kx, shape), jax.random.normal(kc, shape[:1])
+  rng = np.random.default_rng(seed)
+  return (jnp.asarray(rng.normal(size=shape), jnp.float32),
+          jnp.asarray(rng.normal(size=shape[:1]), jnp.float32))
+
+
+def _init(model, *args):
+  return jax.jit(lambda key: model.init(key, *args, train=False))(_key(0))
 
 
 def _perturb(params, scale=0.05, seed=1):
   """Random non-zero params, so zero-initialised layers stop hiding the rest of the network."""
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree.unflatten(treedef, [v + scale * jax.random.normal(k, v.shape)
-                                      for v, k in zip(leaves, keys)])
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda v: v + scale * jnp.asarray(rng.normal(size=v.shape), v.dtype), params)
 
 
-@pytest.mark.parametrize('shape, kwargs', [
-    ((2, 28, 28, 1), dict(SMALL)),
-    ((2, 32, 32, 3), dict(SMALL, attn_resolutions=(16,), out_channels=6)),
-])
-def test_unet_shape_and_zero_output_at_init(shape, kwargs):
-  x, c = _inputs(shape)
-  model = networks.UNet(**kwargs)
-  params = model.init(jax.random.key(0), x, c, train=False)
-  y = model.apply(params, x, c, train=False)
-  assert y.shape == shape[:3] + (kwargs.get('out_channels') or shape[3],)
-  assert y.dtype == jnp.float32
+def _jit_apply(model):
+  return jax.jit(lambda p, x, c, labels, rng, train: model.apply(
+      p, x, c, labels, train=train, rngs={'dropout': rng}), static_argnums=5)
+
+
+@pytest.fixture(scope='module')
+def cond():
+  """A class-conditional U-Net on 28x28x1 (Fashion-MNIST-like), its init and perturbed params."""
+  x, c = _inputs((4, 28, 28, 1))
+  labels = jnp.array([0, 3, 7, 9])
+  model = networks.UNet(**SMALL, num_classes=10, dropout=0.5)
+  params = _init(model, x, c, labels)
+  return dict(model=model, x=x, c=c, labels=labels, params=params, perturbed=_perturb(params),
+              apply=_jit_apply(model))
+
+
+def test_unet_28x28_shape_and_zero_output_at_init(cond):
+  y = cond['apply'](cond['params'], cond['x'], cond['c'], cond['labels'], _key(1), False)
+  assert y.shape == (4, 28, 28, 1) and y.dtype == jnp.float32
   assert not np.any(np.asarray(y))          # zero-initialised final conv (DDPM)
-  names = set(params['params'])
-  assert {'conv_in', 'conv_out', 'mid_attn', 'down0_downsample', 'up1_upsample'} <= names
-  attn = 'down2_attn0' if shape[1] == 28 else 'down1_attn0'    # at 7x7 resp. 16x16
-  assert attn in names
+  names = set(cond['params']['params'])
+  assert {'conv_in', 'conv_out', 'down1_attn0', 'mid_attn', 'up1_attn1', 'down0_downsample',
+          'up1_upsample', 'label_embed'} <= names
+  assert cond['params']['params']['label_embed']['embedding'].shape == (11, 4 * SMALL['channels'])
 
 
-def test_conv_impls_agree_on_outputs_and_gradients():
-  x, c = _inputs((2, 28, 28, 1))
-  model = networks.UNet(**SMALL, conv_impl='xla')
-  params = _perturb(model.init(jax.random.key(0), x, c, train=False))
+@pytest.mark.parametrize('shape, attn, out_channels, attn_block', [
+    ((2, 28, 28, 1), (7,), None, 'down2_attn0'),      # Fashion-MNIST: 28 -> 14 -> 7, no padding
+    ((2, 32, 32, 3), (16,), 6, 'down1_attn0'),        # CIFAR-10: 32 -> 16 -> 8
+])
+def test_unet_three_level_shapes(shape, attn, out_channels, attn_block):
+  x, c = _inputs(shape)
+  model = networks.UNet(**dict(SMALL, channel_mults=(1, 2, 2), attn_resolutions=attn),
+                        out_channels=out_channels)
+  params = jax.eval_shape(lambda: model.init(_key(0), x, c, train=False))['params']
+  assert {attn_block, 'mid_attn', 'down1_downsample', 'up2_upsample'} <= set(params)
+  assert 'label_embed' not in params and 'down2_downsample' not in params
+  assert params['conv_in']['kernel'].shape == (3, 3, shape[3], SMALL['channels'])
+  assert params['mid_res0']['conv1']['kernel'].shape == (3, 3, 16, 16)
+  y = jax.eval_shape(lambda p: model.apply({'params': p}, x, c, train=False), params)
+  assert y.shape == shape[:3] + (out_channels or shape[3],) and y.dtype == jnp.float32
 
-  def run(impl):
-    m = model.clone(conv_impl=impl)
-    return jax.jit(jax.value_and_grad(
-        lambda p: jnp.mean(m.apply(p, x, c, train=False) ** 2), has_aux=False))(params), m
 
-  (loss_ref, grads_ref), m_ref = run('xla')
-  y_ref = m_ref.apply(params, x, c, train=False)
-  for impl in ('im2col', 'hybrid', 'auto'):
-    (loss, grads), m = run(impl)
-    np.testing.assert_allclose(m.apply(params, x, c, train=False), y_ref, atol=1e-4, rtol=1e-4)
-    np.testing.assert_allclose(loss, loss_ref, rtol=1e-4)
-    for g, g_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
-      np.testing.assert_allclose(g, g_ref, atol=1e-4 * float(np.max(np.abs(g_ref))) + 1e-8)
+def test_labels_noise_level_and_null_class_change_output(cond):
+  apply = lambda labels, c=cond['c']: cond['apply'](cond['perturbed'], cond['x'], c, labels,
+                                                    _key(1), False)
+  y = apply(cond['labels'])
+  assert np.max(np.abs(y - apply((cond['labels'] + 1) % 10))) > 1e-4
+  assert np.max(np.abs(y - apply(jnp.full((4,), 10)))) > 1e-4     # null class (CFG)
+  assert np.max(np.abs(y - apply(cond['labels'], cond['c'] + 0.1))) > 1e-4
+
+
+def test_dropout_only_in_train_mode(cond):
+  args = cond['perturbed'], cond['x'], cond['c'], cond['labels']
+  y_eval = cond['apply'](*args, _key(1), False)
+  np.testing.assert_array_equal(cond['apply'](*args, _key(2), False), y_eval)
+  y1, y2 = cond['apply'](*args, _key(1), True), cond['apply'](*args, _key(2), True)
+  assert np.max(np.abs(y1 - y_eval)) > 1e-4
+  assert np.max(np.abs(y1 - y2)) > 1e-4
+
+
+def test_conv_impls_agree(cond):
+  """'xla', 'im2col' and 'hybrid' (= 'auto' on CPU, the fixture's) share params and agree."""
+  assert networks.resolve_conv_impl('auto') == 'hybrid'
+  args = cond['perturbed'], cond['x'], cond['c'], cond['labels'], _key(1), False
+  y = cond['apply'](*args)
+  for impl in ('xla', 'im2col'):
+    np.testing.assert_allclose(_jit_apply(cond['model'].clone(conv_impl=impl))(*args), y,
+                               atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize('stride', [1, 2])
-@pytest.mark.parametrize('impl', ['im2col', 'hybrid'])
-def test_conv3x3_matches_flax_conv(stride, impl):
-  """Same [3, 3, Cin, Cout] params as nn.Conv: checkpoints move between implementations."""
-  x = jax.random.normal(jax.random.key(0), (2, 14, 14, 5))
+def test_conv3x3_matches_flax_conv_values_and_gradients(stride):
+  """Same [3, 3, Cin, Cout] params as nn.Conv, so checkpoints move between implementations;
+  'hybrid' has a hand-written kernel gradient."""
+  x, _ = _inputs((2, 14, 14, 5))
   conv = nn.Conv(7, (3, 3), strides=(stride, stride), padding='SAME')
-  params = _perturb(conv.init(jax.random.key(1), x))
-  ours = networks.Conv3x3(7, stride=stride, impl=impl)
-  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape,
-                                                                                   params)
-  np.testing.assert_allclose(ours.apply(params, x), conv.apply(params, x), atol=1e-4, rtol=1e-4)
-
-
-def test_conditional_labels_and_null_class():
-  x, c = _inputs((4, 28, 28, 1))
-  model = networks.UNet(**SMALL, num_classes=10)
-  labels = jnp.array([0, 3, 7, 9])
-  params = model.init(jax.random.key(0), x, c, labels, train=False)
-  assert params['params']['label_embed']['embedding'].shape == (11, 4 * SMALL['channels'])
-  params = _perturb(params)
-  apply = jax.jit(lambda p, lab: model.apply(p, x, c, lab, train=False))
-  y = apply(params, labels)
-  y_other = apply(params, (labels + 1) % 10)
-  y_null = apply(params, jnp.full((4,), 10))
-  assert np.max(np.abs(y - y_other)) > 1e-4
-  assert np.max(np.abs(y - y_null)) > 1e-4
-  # labels=None means the null class (row num_classes), as used for classifier-free guidance.
-  np.testing.assert_allclose(model.apply(params, x, c, None, train=False), y_null, atol=1e-5)
-
-
-def test_noise_level_changes_output():
-  x, c = _inputs((2, 28, 28, 1))
-  model = networks.UNet(**SMALL)
-  params = _perturb(model.init(jax.random.key(0), x, c, train=False))
-  apply = jax.jit(lambda p, c: model.apply(p, x, c, train=False))
-  assert np.max(np.abs(apply(params, c) - apply(params, c + 0.1))) > 1e-4
+  params = _perturb(conv.init(_key(1), x))
+  loss = lambda m: jax.jit(jax.value_and_grad(
+      lambda p, x: jnp.sum(jnp.sin(m.apply(p, x))), argnums=(0, 1)))(params, x)
+  (ref, ref_grads) = loss(conv)
+  for impl in ('xla', 'im2col', 'hybrid'):
+    ours = networks.Conv3x3(7, stride=stride, impl=impl)
+    assert (jax.tree.map(jnp.shape, jax.eval_shape(ours.init, _key(1), x))
+            == jax.tree.map(jnp.shape, params))
+    val, grads = loss(ours)
+    np.testing.assert_allclose(val, ref, rtol=1e-4)
+    for g, g_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+      np.testing.assert_allclose(g, g_ref, atol=1e-4, rtol=1e-4)
 
 
 def test_unconditional_model_rejects_labels():
   x, c = _inputs((2, 28, 28, 1))
   with pytest.raises(ValueError, match='unconditional'):
-    networks.UNet(**SMALL).init(jax.random.key(0), x, c, jnp.zeros(2, jnp.int32), train=False)
+    networks.UNet(**SMALL).init(_key(0), x, c, jnp.zeros(2, jnp.int32), train=False)
   with pytest.raises(ValueError, match='unconditional'):
-    networks.MLPDenoiser(hidden=16).init(jax.random.key(0), x[:, 0, :2, 0], c,
-                                         jnp.zeros(2, jnp.int32), train=False)
-
-
-def test_dropout_only_in_train_mode():
-  x, c = _inputs((2, 28, 28, 1))
-  model = networks.UNet(**SMALL, dropout=0.5)
-  params = _perturb(model.init(jax.random.key(0), x, c, train=False))
-  apply = jax.jit(lambda p, rng, train: model.apply(p, x, c, train=train, rngs={'dropout': rng}),
-                  static_argnums=2)
-  # train=False needs no 'dropout' rng and ignores one that is given.
-  y_eval = model.apply(params, x, c, train=False)
-  np.testing.assert_array_equal(apply(params, jax.random.key(1), False), y_eval)
-  np.testing.assert_array_equal(apply(params, jax.random.key(2), False), y_eval)
-  y1, y2 = apply(params, jax.random.key(1), True), apply(params, jax.random.key(2), True)
-  assert np.max(np.abs(y1 - y_eval)) > 1e-4
-  assert np.max(np.abs(y1 - y2)) > 1e-4
-  with pytest.raises(Exception, match='dropout'):
-    model.apply(params, x, c, train=True)
+    networks.MLPDenoiser(hidden=16).init(_key(0), x[:, 0, :2, 0], c, jnp.zeros(2, jnp.int32),
+                                         train=False)
 
 
 @pytest.mark.parametrize('shape, kwargs, match', [
-    ((2, 30, 30, 1), {}, 'must divide by'),              # 30 -> 15 -> 7.5
+    ((2, 30, 30, 1), dict(channel_mults=(1, 2, 2)), 'must divide by'),   # 30 -> 15 -> 7.5
     ((2, 28, 28, 1), dict(channel_mults=(1, 2, 2, 2)), 'must divide by'),   # 28 -> ... -> 3.5
     ((2, 28, 28, 1), dict(norm_groups=5), 'norm_groups'),
     ((2, 28, 28, 1), dict(num_heads=3), 'num_heads'),
@@ -140,25 +147,28 @@ def test_dropout_only_in_train_mode():
 def test_unet_bad_configs_raise_value_error(shape, kwargs, match):
   x = jnp.zeros(shape)
   with pytest.raises(ValueError, match=match):
-    networks.UNet(**dict(SMALL, **kwargs)).init(jax.random.key(0), x, jnp.zeros(2), train=False)
+    model = networks.UNet(**dict(SMALL, **kwargs))
+    jax.eval_shape(lambda: model.init(_key(0), x, jnp.zeros(2), train=False))
 
 
 def test_mlp_denoiser():
   x, c = _inputs((8, 2))
   model = networks.MLPDenoiser(hidden=32, depth=2, num_classes=3, dropout=0.5)
-  labels = jnp.array([0, 1, 2, 3, 0, 1, 2, 3])
-  params = model.init(jax.random.key(0), x, c, labels, train=False)
-  y = model.apply(params, x, c, labels, train=False)
+  labels = jnp.array([0, 1, 2, 3, 0, 1, 2, 3])                  # 3: the null class
+  params = _init(model, x, c, labels)
+  apply = _jit_apply(model)
+  y = apply(params, x, c, labels, _key(1), False)
   assert y.shape == x.shape and not np.any(np.asarray(y))          # zero-initialised output
   params = _perturb(params)
-  y = model.apply(params, x, c, labels, train=False)
-  assert np.max(np.abs(y - model.apply(params, x, c, (labels + 1) % 4, train=False))) > 1e-4
-  np.testing.assert_allclose(model.apply(params, x, c, None, train=False),
-                             model.apply(params, x, c, jnp.full((8,), 3), train=False), atol=1e-6)
-  y_train = model.apply(params, x, c, labels, train=True, rngs={'dropout': jax.random.key(1)})
-  assert np.max(np.abs(y_train - y)) > 1e-4
+  y = apply(params, x, c, labels, _key(1), False)
+  assert np.max(np.abs(y - apply(params, x, c, (labels + 1) % 4, _key(1), False))) > 1e-4
+  assert np.max(np.abs(y - apply(params, x, c + 0.1, labels, _key(1), False))) > 1e-4
+  # labels=None means the null class (shared code with the U-Net).
+  np.testing.assert_allclose(apply(params, x, c, None, _key(1), False),
+                             apply(params, x, c, jnp.full((8,), 3), _key(1), False), atol=1e-6)
+  assert np.max(np.abs(apply(params, x, c, labels, _key(1), True) - y)) > 1e-4     # dropout
   uncond = networks.MLPDenoiser(hidden=32, depth=2)
-  p = uncond.init(jax.random.key(0), jnp.zeros((3, 5)), jnp.zeros(3), train=False)
+  p = _init(uncond, jnp.zeros((3, 5)), jnp.zeros(3))
   assert uncond.apply(p, jnp.zeros((3, 5)), jnp.zeros(3), train=True).shape == (3, 5)
 
 

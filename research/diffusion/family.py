@@ -63,7 +63,8 @@ class Diffusion(Family):
     c.model.num_res_blocks = 2          # unet: residual blocks per resolution
     c.model.attn_resolutions = '7'      # unet: self-attention at these feature-map sizes
     c.model.num_heads = 1
-    c.model.conv_impl = 'xla'           # xla (accelerators) | im2col (faster on CPU)
+    c.model.conv_impl = 'auto'          # auto (xla on accelerators, the fastest form on CPU) |
+                                        # xla | im2col | hybrid (see networks.py)
     c.model.hidden = 256                # mlp width
     c.model.depth = 3                   # mlp residual blocks
     c.model.dropout = 0.1
@@ -104,7 +105,7 @@ class Diffusion(Family):
   def validate_config(cls, config: ml_collections.ConfigDict) -> None:
     m, d, s = config.model, config.diffusion, config.sampler
     configs.one_of(m.arch, ('unet', 'mlp'), 'model.arch')
-    configs.one_of(m.conv_impl, ('xla', 'im2col'), 'model.conv_impl')
+    configs.one_of(m.conv_impl, networks.CONV_IMPLS, 'model.conv_impl')
     toy = datasets.is_toy(config.data.name)
     configs.require(toy == (m.arch == 'mlp'), 'model.arch', m.arch,
                     'use mlp for 2-D toy data and unet for images')
@@ -123,6 +124,8 @@ class Diffusion(Family):
     configs.require(0 <= m.class_dropout < 1, 'model.class_dropout', m.class_dropout,
                     'must be in [0, 1)')
     configs.one_of(d.process, PROCESSES, 'diffusion.process')
+    configs.require(not (toy and d.process == 'vdm'), 'diffusion.process', d.process,
+                    "vdm's bound has a decoder for 8-bit images; use ddpm or edm on toy data")
     configs.one_of(d.schedule, SCHEDULES, 'diffusion.schedule')
     configs.require(d.schedule != 'learned' or d.process == 'vdm', 'diffusion.schedule',
                     d.schedule, "a learned schedule needs diffusion.process='vdm'")
