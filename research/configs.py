@@ -36,7 +36,8 @@ def common_defaults() -> ml_collections.ConfigDict:
   c.seed = 0                  # one seed for init, data order, augmentation and training noise
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'fashion_mnist'   # fashion_mnist | mnist | digits | cifar10 (see research/data)
+  c.data.name = 'fashion_mnist'   # fashion_mnist | mnist | digits | cifar10 | ring8 | grid25 |
+                                  # swiss_roll (see research/data)
   c.data.source = 'package'       # 'package': built offline from an installed package;
                                   # 'tfds': the standard TFDS catalog (cloud path, needs TF)
   c.data.data_dir = ''            # TFDS data_dir; '' = ~/tensorflow_datasets

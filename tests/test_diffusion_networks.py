@@ -127,6 +127,15 @@ def test_conv3x3_matches_flax_conv_values_and_gradients(stride):
       np.testing.assert_allclose(g, g_ref, atol=1e-4, rtol=1e-4)
 
 
+def test_group_norm_matches_flax():
+  x, _ = _inputs((3, 7, 7, 16))
+  x = 3. + 2. * x                                           # non-zero mean: one-pass statistics
+  ref = nn.GroupNorm(4, epsilon=1e-6)
+  params = _perturb(ref.init(_key(0), x), scale=0.3)
+  np.testing.assert_allclose(networks.GroupNorm(4).apply(params, x), ref.apply(params, x),
+                             atol=1e-5)
+
+
 def test_unconditional_model_rejects_labels():
   x, c = _inputs((2, 28, 28, 1))
   with pytest.raises(ValueError, match='unconditional'):

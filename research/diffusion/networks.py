@@ -53,10 +53,12 @@ def _label_embedding(labels, batch: int, num_classes: int, features: int):
 
 
 class GroupNorm(nn.Module):
-  """Group normalisation (Wu & He 2018) over [B, ..., C], float32, same params as nn.GroupNorm.
+  """Group normalisation (Wu & He 2018) over [B, ..., C] in float32, with nn.GroupNorm's params.
 
-  Written as plain reductions and elementwise ops so XLA fuses it (with the SiLU after it) into the
-  next conv's input; statistics are two-pass (mean, then mean squared deviation) for accuracy.
+  Folded into a per-(example, channel) affine map x * a + b from one pass of statistics (E[x],
+  E[x^2]), so XLA fuses it (and the SiLU after it) into one elementwise pass and autodiff keeps
+  only x: 25% less temp memory than normalising the grouped tensor (697 -> 524 MB for the U-Net
+  fwd+bwd at batch 64, 28x28), and a little faster on CPU.
   """
   num_groups: int = 8
   epsilon: float = 1e-6
@@ -66,15 +68,18 @@ class GroupNorm(nn.Module):
     c = x.shape[-1]
     if c % self.num_groups:
       raise ValueError(f'GroupNorm: {c} channels do not divide into {self.num_groups} groups')
+    size = c // self.num_groups
     x = x.astype(jnp.float32)
-    g = x.reshape(x.shape[:-1] + (self.num_groups, c // self.num_groups))
+    g = x.reshape(x.shape[:-1] + (self.num_groups, size))
     axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)
-    mean = jnp.mean(g, axes, keepdims=True)
-    var = jnp.mean(jnp.square(g - mean), axes, keepdims=True)
-    g = (g - mean) * jax.lax.rsqrt(var + self.epsilon)
+    mean = jnp.mean(g, axes)                                                   # [B, groups]
+    var = jnp.maximum(jnp.mean(jnp.square(g), axes) - jnp.square(mean), 0.)
     scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
     bias = self.param('bias', _zeros, (c,), jnp.float32)
-    return g.reshape(x.shape) * scale + bias
+    a = jnp.repeat(jax.lax.rsqrt(var + self.epsilon), size, axis=-1) * scale  # [B, C]
+    b = bias - jnp.repeat(mean, size, axis=-1) * a
+    shape = x.shape[:1] + (1,) * (x.ndim - 2) + (c,)
+    return x * a.reshape(shape) + b.reshape(shape)
 
 
 _DIMS = ('NHWC', 'HWIO', 'NHWC')
@@ -204,8 +209,8 @@ class AttnBlock(nn.Module):
     d = c // self.num_heads
     h = GroupNorm(self.norm_groups, name='norm')(x).reshape(b, height * width, c)
     qkv = nn.Dense(3 * c, kernel_init=_default_init, name='qkv')(h)
-    q, k, v = jnp.split(qkv.reshape(b, height * width, 3, self.num_heads, d), 3, axis=2)
-    q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]          # [B, N, heads, d]
+    qkv = qkv.reshape(b, height * width, 3, self.num_heads, d)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]          # [B, N, heads, d]
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / math.sqrt(d)
     h = jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(logits, axis=-1), v).reshape(b, -1, c)
     h = nn.Dense(c, kernel_init=_zeros, name='proj')(h)
