@@ -261,3 +261,25 @@ def test_config_errors_name_the_field(override, field):
     config[section][name] = v
   with pytest.raises(configs.ConfigError, match=field.replace('.', r'\.')):
     configs.validate(config, 1)
+
+
+def test_toy_run_is_evaluated_by_mode_coverage(tmp_path):
+  from research import evaluate
+  config = tiny('ddpm', toy=True)
+  config.eval.num_samples = 64
+  trainer.train(config, str(tmp_path))
+  result = evaluate.evaluate_run(str(tmp_path))
+  m = result['metrics']
+  assert result['num_samples'] == 64 and m['num_modes'] == 8
+  assert 0 <= m['modes_captured'] <= 8 and 0 <= m['high_quality_fraction'] <= 1
+  assert np.isfinite(m['frechet_distance_2d'])
+  assert 'mode_coverage' in result['notes']          # fewer than the protocol's 2,500
+
+
+def test_sampler_table_specs():
+  from research.diffusion import sampler_table
+  assert sampler_table.parse_spec('ddim:50') == {'name': 'ddim', 'steps': 50, 'grid': 'auto'}
+  assert sampler_table.parse_spec('heun:18:karras')['grid'] == 'karras'
+  for bad in ('ddim', 'ddim:x', 'ddim:0', 'a:1:b:c'):
+    with pytest.raises(ValueError, match='name:steps'):
+      sampler_table.parse_spec(bad)

@@ -21,13 +21,19 @@ import time
 import numpy as np
 from absl import app, flags
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The diffusion run.')
-_SAMPLERS = flags.DEFINE_string(
-    'samplers', 'ddpm:1000,ddim:10,ddim:20,ddim:50,ddim:100,dpmpp_2m:10,dpmpp_2m:20,heun:18',
-    'Comma-separated name:steps[:grid] specs.')
-_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1000, 'Samples per sampler.')
-_MAX_REAL = flags.DEFINE_integer('max_real', 10000, 'Train images in the reference set.')
-_CHUNK = flags.DEFINE_integer('chunk', 500, 'Samples drawn per call.')
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Defined only when run as a command, so importing this module (tests, other commands with
+  their own --workdir) defines no flags."""
+  flags.DEFINE_string('workdir', None, 'The diffusion run.')
+  flags.DEFINE_string(
+      'samplers', 'ddpm:1000,ddim:10,ddim:20,ddim:50,ddim:100,dpmpp_2m:10,dpmpp_2m:20,heun:18',
+      'Comma-separated name:steps[:grid] specs.')
+  flags.DEFINE_integer('num_samples', 1000, 'Samples per sampler.')
+  flags.DEFINE_integer('max_real', 10000, 'Train images in the reference set.')
+  flags.DEFINE_integer('chunk', 500, 'Samples drawn per call.')
 
 
 def parse_spec(spec: str) -> dict:
@@ -125,13 +131,14 @@ def main(argv):
   from research import metric_writers  # pylint: disable=g-import-not-at-top
   metric_writers.console_logging()
   try:
-    specs = [parse_spec(s) for s in _SAMPLERS.value.split(',')]
+    specs = [parse_spec(s) for s in FLAGS.samplers.split(',')]
   except ValueError as e:
     raise app.UsageError(str(e))
-  print(format_table(sampler_table(_WORKDIR.value, specs, _NUM_SAMPLES.value, _MAX_REAL.value,
-                                   _CHUNK.value)))
+  print(format_table(sampler_table(FLAGS.workdir, specs, FLAGS.num_samples, FLAGS.max_real,
+                                   FLAGS.chunk)))
 
 
 if __name__ == '__main__':
+  _define_flags()
   flags.mark_flag_as_required('workdir')
   app.run(main)
