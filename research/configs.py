@@ -26,6 +26,7 @@ FAMILIES = {
     'vae': 'research.vae.family:VAE',
     'classifier': 'research.classifier.family:Classifier',
     'diffusion': 'research.diffusion.family:Diffusion',
+    'gan': 'research.gan.family:GAN',
 }
 
 
@@ -86,6 +87,9 @@ def common_defaults() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3    # latest K kept, plus the best by eval.best_metric
   c.train.async_checkpoints = True
+  c.train.stop_on_nonfinite = True  # NaN/inf metrics or state: stop with one line, never save them
+  c.train.divergence_limit = 0.0    # with stop_on_nonfinite: also stop when a logged *loss* metric
+                                    # exceeds this magnitude (a finite blow-up); 0 = off
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 500         # global eval batch; the last batch is padded and masked
@@ -213,6 +217,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
           f'must divide by the {num_processes} hosts')
   for name in ('log_every', 'eval_every', 'sample_every', 'checkpoint_every', 'keep_checkpoints'):
     require(t[name] > 0, f'train.{name}', t[name], 'must be > 0')
+  require(t.divergence_limit >= 0, 'train.divergence_limit', t.divergence_limit,
+          'must be >= 0 (0 = off)')
   e = config.eval
   require(e.batch_size > 0 and e.batch_size % num_devices == 0, 'eval.batch_size', e.batch_size,
           f'must be > 0 and divide by the {num_devices} devices')

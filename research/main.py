@@ -54,6 +54,7 @@ def main(argv):
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif _DISTRIBUTED.value:
     parallel.initialize_distributed()
+  from research import trainer  # after distributed start-up, like everything that uses devices
   try:
     run(_CONFIG.value, _WORKDIR.value, _MODE.value, _STEP.value)
   except configs.ConfigError as e:
@@ -62,6 +63,9 @@ def main(argv):
   except FileNotFoundError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except trainer.NonFiniteError as e:  # a diverged run, not a bug: no traceback
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -24,6 +24,11 @@ from research.data import pipeline
 from research.metric_writers import MetricWriter
 
 
+class NonFiniteError(RuntimeError):
+  """Training produced NaN/inf (metrics or state), or a loss beyond `train.divergence_limit`;
+  raised before anything from that step is saved."""
+
+
 @dataclasses.dataclass
 class Experiment:
   """A family bound to a mesh: its compiled per-device functions and the run's keys."""
@@ -127,6 +132,66 @@ def write_samples(exp: Experiment, state, key, writer: MetricWriter, step: int) 
   return out
 
 
+@jax.jit
+def _all_finite(leaves: list) -> jax.Array:
+  return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+def _nonfinite_state(state) -> list[str]:
+  """Paths of the state's floating leaves holding NaN/inf (empty when all finite), from one
+  small jitted reduction: cheap next to a checkpoint save."""
+  leaves = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]
+            if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.inexact)]
+  if not leaves:
+    return []
+  ok = parallel.to_host(_all_finite([x for _, x in leaves]))
+  return [jax.tree_util.keystr(p) for (p, _), good in zip(leaves, ok) if not good]
+
+
+def _nonfinite_metrics(host: list[dict], first_step: int, limit: float = 0.0) -> str | None:
+  """'non-finite training at step S: loss=nan, ...' for the first of the per-step host metrics
+  with NaN/inf, or 'diverged ...' for the first loss (a metric named *loss*) whose magnitude
+  exceeds `limit` (0 = no limit)."""
+  for i, m in enumerate(host):
+    bad = sorted((k for k, v in m.items() if not np.all(np.isfinite(v))),
+                 key=lambda k: (k != 'loss', k))
+    what = 'non-finite training'
+    if not bad and limit:
+      bad = sorted(k for k, v in m.items() if 'loss' in k and np.any(np.abs(v) > limit))
+      what = 'diverged training'
+    if bad:
+      values = ', '.join(f'{k}={float(np.mean(m[k])):g}' for k in bad)
+      why = f' (|loss| > train.divergence_limit={limit:g})' if what[0] == 'd' else ''
+      return f'{what} at step {first_step + i}: {values}{why}'
+  return None
+
+
+def _nonfinite(state, pending: list, step: int, limit: float = 0.0) -> str | None:
+  """Before state is evaluated, sampled or saved: the not-yet-logged metrics, then the state."""
+  if pending:  # only transferred at log steps otherwise
+    bad = _nonfinite_metrics(parallel.to_host(pending), step - len(pending) + 1, limit)
+    if bad:
+      return bad
+  leaves = _nonfinite_state(state)
+  if leaves:
+    more = f' and {len(leaves) - 3} more' if len(leaves) > 3 else ''
+    return f'non-finite training at step {step}: NaN/inf in state{", state".join(leaves[:3])}{more}'
+  return None
+
+
+def _stop_nonfinite(what: str, config, ckpt, writer, workdir: str):
+  """Lets in-flight saves finish (the last good checkpoint stays intact), then raises."""
+  ckpt.wait()
+  last = ckpt.latest_step()
+  ckpt.close()
+  writer.close()
+  where = os.path.join(workdir, 'checkpoints')
+  saved = f'last checkpoint: step {last} in {where}' if last is not None else 'no checkpoint yet'
+  fix = ('lower optimizer.lr' if config.optimizer.clip_grad_norm
+         else 'lower optimizer.lr or set optimizer.clip_grad_norm')
+  raise NonFiniteError(f'{what}; stopped without saving ({saved}); {fix}')
+
+
 def _meta(config, step: int) -> dict:
   return {'step': step, 'config': json.loads(config.to_json_best_effort())}
 
@@ -206,18 +271,32 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         if cur is not None:
           train_metrics['curriculum'] = float(cur(step - 1))
         rates = writer.progress(step, train_metrics)
-        writer.write_scalars(step, train_metrics | rates, 'train')
+        writer.write_scalars(step, train_metrics | rates, 'train')  # NaNs logged, then stop
+        bad = t.stop_on_nonfinite and _nonfinite_metrics(host, step - len(host) + 1,
+                                                             t.divergence_limit)
+        if bad:
+          _stop_nonfinite(bad, config, ckpt, writer, workdir)
         pending = []
       evaluated = None
-      if step % t.eval_every == 0 or last:
+      do_eval = step % t.eval_every == 0 or last
+      do_sample = step % t.sample_every == 0 or last
+      # Also before eval/sampling: host-side metrics may fail obscurely on a NaN state.
+      checked = t.stop_on_nonfinite and (do_eval or do_sample)
+      if checked and (bad := _nonfinite(state, pending, step, t.divergence_limit)):
+        _stop_nonfinite(bad, config, ckpt, writer, workdir)
+      if do_eval:
         eval_metrics = evaluate(exp, state, eval_key)
         writer.write_scalars(step, eval_metrics, 'eval')
         logging.info('eval at step %d: %s', step, eval_metrics)
         evaluated = eval_metrics
-      if step % t.sample_every == 0 or last:
+      if do_sample:
         write_samples(exp, state, sample_key, writer, step)
       preempted = parallel.any_host(guard.requested)
       if step % t.checkpoint_every == 0 or last or preempted:
+        bad = (t.stop_on_nonfinite and not checked
+               and _nonfinite(state, pending, step, t.divergence_limit))
+        if bad:
+          _stop_nonfinite(bad, config, ckpt, writer, workdir)
         ckpt.save(step, state, train_key, data_iter, _meta(config, step), metrics=evaluated)
       if preempted:
         logging.warning('preempted: saved step %d; rerun the same command to resume', step)

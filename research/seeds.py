@@ -1,0 +1,379 @@
+r"""Runs one config over several seeds and reports mean ± standard error of the final metrics.
+
+  python -m research.seeds --config=experiments/vae_digits/config.py --workdir=/tmp/vae_seeds \
+      --seeds=0,1,2,3,4 [--parallel=2] [--metrics=eval.neg_elbo,eval.iwae_nll] [--timeout=0] \
+      [--config.x.y=... overrides, passed verbatim to every seed]
+
+Each seed is an ordinary `python -m research.main` run in WORKDIR/seed_<k> with `--config.seed=k`
+(its stdout and stderr appended to WORKDIR/seed_<k>/run.log), at most --parallel at a time.
+Rerunning the command skips finished seeds and resumes the others from their checkpoints. A
+failed seed is recorded, not fatal. Writes WORKDIR/seeds.json and WORKDIR/seeds.md and prints
+the table; exits 0 only if every seed finished (1 otherwise, 2 for a config or flag error).
+
+From Python: `summarize(workdir)` aggregates the finished seed_<k> runs under a workdir, and
+`mean_se(values)` is the statistic itself.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from typing import Iterable, Sequence
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file (as for '
+                                          'research.main).', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Parent directory; seed k runs in seed_<k>.')
+_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2', '3', '4'], 'Comma-separated seeds.')
+_PARALLEL = flags.DEFINE_integer('parallel', 1, 'Seeds run at the same time.')
+_METRICS = flags.DEFINE_list('metrics', [], 'Dotted final-metric paths (eval.reverse_kl); '
+                             'default: every numeric scalar under eval.')
+_TIMEOUT = flags.DEFINE_float('timeout', 0.0, 'Seconds per seed before it is stopped (SIGTERM: '
+                              'it checkpoints, so a rerun resumes it); 0 = none.')
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GRACE_S = 120.0  # after a timeout's SIGTERM, time to checkpoint before SIGKILL
+_raw_argv: list[str] = []
+_ERROR_LINE = re.compile(r'^((config |flag )?error: |[\w.]*(Error|Exception|Interrupt)\b)')
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics and tables
+
+
+def mean_se(values: Iterable[float]) -> tuple[float, float, int]:
+  """(mean, standard error, n) of the finite values; se = sample std (ddof=1) / sqrt(n), nan for
+  n = 1; (nan, nan, 0) for none."""
+  finite = [float(v) for v in values if math.isfinite(v)]
+  n = len(finite)
+  if not n:
+    return math.nan, math.nan, 0
+  mean = sum(finite) / n
+  if n == 1:
+    return mean, math.nan, 1
+  var = sum((v - mean) ** 2 for v in finite) / (n - 1)
+  return mean, math.sqrt(var / n), n
+
+
+def seed_dir(workdir: str, seed: int) -> str:
+  return os.path.join(workdir, f'seed_{seed}')
+
+
+def _read_json(path: str) -> dict | None:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def finished(run_dir: str, num_steps: int | None = None) -> bool:
+  """Whether the run in `run_dir` reached `num_steps` (default: its own config.json's) and was
+  not preempted."""
+  final = _read_json(os.path.join(run_dir, 'final_metrics.json'))
+  if final is None or final.get('preempted'):
+    return False
+  if num_steps is None:
+    config = _read_json(os.path.join(run_dir, 'config.json')) or {}
+    num_steps = config.get('train', {}).get('num_steps')
+  return num_steps is not None and final.get('step') == num_steps
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _flatten(tree: dict, prefix: str) -> dict[str, float]:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out |= _flatten(v, f'{prefix}.{k}')
+    elif _is_number(v) and k != 'num_examples':  # a count, not a result
+      out[f'{prefix}.{k}'] = float(v)
+  return out
+
+
+def _lookup(tree: dict, path: str) -> float | None:
+  for part in path.split('.'):
+    if not isinstance(tree, dict) or part not in tree:
+      return None
+    tree = tree[part]
+  return float(tree) if _is_number(tree) else None
+
+
+def summarize(workdir: str, metrics: Sequence[str] | None = None,
+              seeds: Sequence[int] | None = None) -> dict:
+  """Mean ± standard error over the finished runs WORKDIR/seed_<k>.
+
+  `metrics` are dotted paths into final_metrics.json (default: every numeric scalar under
+  'eval'); `seeds` defaults to every seed_<k> directory. Non-finite values are counted
+  ('non_finite') and left out of mean, se and n. Returns {'seeds': finished seeds,
+  'unfinished': the rest, 'per_seed': {seed: {metric: value}}, 'metrics': {metric: {'mean',
+  'se', 'n', 'non_finite', 'missing', 'values'}}} with 'values' in the order of 'seeds'.
+  """
+  if seeds is None:
+    seeds = sorted(int(d[5:]) for d in os.listdir(workdir)
+                   if d.startswith('seed_') and d[5:].lstrip('-').isdigit())
+  done = [k for k in seeds if finished(seed_dir(workdir, k))]
+  finals = {k: _read_json(os.path.join(seed_dir(workdir, k), 'final_metrics.json')) for k in done}
+  if not metrics:
+    names = {}  # ordered union over seeds
+    for final in finals.values():
+      names |= dict.fromkeys(_flatten(final.get('eval') or {}, 'eval'))
+    metrics = list(names)
+  per_seed = {k: {m: _lookup(finals[k], m) for m in metrics} for k in done}
+  table = {}
+  for m in metrics:
+    values = [per_seed[k][m] for k in done]
+    present = [v for v in values if v is not None]
+    mean, se, n = mean_se(present)
+    table[m] = {'mean': mean, 'se': se, 'n': n, 'non_finite': len(present) - n,
+                'missing': len(values) - len(present), 'values': values}
+  return {'workdir': workdir, 'seeds': done, 'unfinished': [k for k in seeds if k not in done],
+          'per_seed': {str(k): v for k, v in per_seed.items()}, 'metrics': table}
+
+
+def _fmt(v: float | None) -> str:
+  return '–' if v is None else f'{v:.4g}'
+
+
+def format_table(summary: dict, failures: dict | None = None, title: str = '') -> str:
+  """Markdown: metric | mean ± s.e. | n | per-seed values; then the failed seeds, if any."""
+  seeds = summary['seeds']
+  lines = [f'## {title}', ''] if title else []
+  lines += [f'{len(seeds)} finished seeds ({", ".join(map(str, seeds)) or "none"}); '
+            'mean ± standard error (sample std / sqrt(n)).', '',
+            f'| metric | mean ± s.e. | n | per-seed values (seeds {", ".join(map(str, seeds))}) |',
+            '|---|---|---|---|']
+  non_finite = False
+  for name, s in summary['metrics'].items():
+    n = str(s['n'])
+    if s['non_finite']:
+      n += f' (+{s["non_finite"]} non-finite)'
+      non_finite = True
+    if s['missing']:
+      n += f' ({s["missing"]} missing)'
+    values = ', '.join(_fmt(v) for v in s['values'])
+    lines.append(f'| {name} | {_fmt(s["mean"])} ± {_fmt(s["se"])} | {n} | {values} |')
+  if non_finite:
+    lines += ['', 'Non-finite values (nan/inf) are left out of the mean and s.e.; n counts '
+              'the finite ones.']
+  if failures:
+    lines += ['', 'Unfinished seeds (rerun the same command: finished seeds are skipped, the '
+              'rest resume from their checkpoints):', '',
+              '| seed | status | exit code | last log line |', '|---|---|---|---|']
+    for k, f in sorted(failures.items(), key=lambda kv: int(kv[0])):
+      last = f.get('last_line', '').replace('|', '\\|')
+      lines.append(f'| {k} | {f["status"]} | {f.get("exit_code")} | {last} |')
+  return '\n'.join(lines) + '\n'
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the seeds
+
+
+def _last_line(path: str) -> str:
+  try:
+    with open(path, 'rb') as f:
+      f.seek(max(0, os.path.getsize(path) - 65536))
+      tail = f.read().decode('utf-8', 'replace')
+  except OSError:
+    return ''
+  lines = [l.strip() for l in tail.splitlines() if l.strip()]
+  # The error, not the interpreter's shutdown warnings after it: research.main's one-line
+  # errors, or a traceback's last line ('ValueError: ...').
+  errors = [l for l in lines if _ERROR_LINE.match(l)]
+  return (errors or lines or [''])[-1][:300]
+
+
+def _child_env(parallel: int) -> dict:
+  env = dict(os.environ)
+  env['PYTHONPATH'] = os.pathsep.join(filter(None, [ROOT, env.get('PYTHONPATH')]))
+  if parallel > 1:  # several processes on one accelerator: share its memory instead of 75% each
+    env.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', f'{0.9 / parallel:.2f}')
+  return env
+
+
+def run_seeds(config_spec: str, overrides: Sequence[str], workdir: str, seeds: Sequence[int],
+              num_steps: int, parallel: int = 1, timeout: float = 0.0) -> dict[int, dict]:
+  """Runs the unfinished seeds as research.main subprocesses; returns seed -> {'status': done |
+  skipped | failed | timeout | preempted | not run, 'exit_code', 'last_line', 'wall_s'}."""
+  results, queue, running = {}, [], {}
+  for k in seeds:
+    if finished(seed_dir(workdir, k), num_steps):
+      results[k] = {'status': 'skipped'}
+      print(f'seed {k}: finished earlier, skipped', flush=True)
+    else:
+      queue.append(k)
+  stopping = []
+
+  def on_signal(signum, frame):  # stop launching; let running seeds checkpoint and exit
+    del frame
+    stopping.append(signum)
+    for proc, *_ in running.values():
+      proc.send_signal(signal.SIGTERM)
+  previous = {}
+  for s in (signal.SIGTERM, signal.SIGINT):
+    try:
+      previous[s] = signal.signal(s, on_signal)
+    except ValueError:  # not the main thread: no forwarding
+      pass
+  env = _child_env(parallel)
+  try:
+    while queue or running:
+      while queue and len(running) < parallel and not stopping:
+        k = queue.pop(0)
+        d = seed_dir(workdir, k)
+        os.makedirs(d, exist_ok=True)
+        cmd = [sys.executable, '-m', 'research.main', f'--config={config_spec}',
+               f'--workdir={d}', f'--config.seed={k}', *overrides]
+        log = open(os.path.join(d, 'run.log'), 'a')
+        log.write(f'=== {datetime.datetime.now().isoformat(timespec="seconds")}: '
+                  f'{shlex.join(cmd[1:])}\n')
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        running[k] = (proc, log, time.monotonic(), [None])
+        print(f'seed {k}: started (log: {os.path.join(d, "run.log")})', flush=True)
+      if stopping and queue:
+        results |= {k: {'status': 'not run'} for k in queue}
+        queue = []
+      time.sleep(0.2)
+      for k, (proc, log, start, term_at) in list(running.items()):
+        now = time.monotonic()
+        if proc.poll() is None:
+          if timeout and term_at[0] is None and now - start > timeout:
+            proc.send_signal(signal.SIGTERM)  # the harness saves at the next step, exits 0
+            term_at[0] = now
+          elif term_at[0] is not None and now - term_at[0] > GRACE_S:
+            proc.kill()
+          continue
+        log.close()
+        del running[k]
+        d = seed_dir(workdir, k)
+        if proc.returncode == 0 and finished(d, num_steps):
+          status = 'done'
+        elif term_at[0] is not None:
+          status = 'timeout'
+        elif proc.returncode == 0:
+          status = 'preempted'  # a signal reached it: checkpointed, resumes on rerun
+        else:
+          status = 'failed'
+        results[k] = {'status': status, 'exit_code': proc.returncode, 'wall_s': now - start,
+                      'last_line': _last_line(os.path.join(d, 'run.log'))}
+        print(f'seed {k}: {status} (exit {proc.returncode}, {now - start:.0f} s)'
+              + ('' if status == 'done' else f': {results[k]["last_line"]}'), flush=True)
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+  return {k: results[k] for k in seeds}
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def config_argv(argv: Sequence[str], config) -> tuple[str, list[str]]:
+  """(the --config spec, the --config.* overrides) exactly as given; a separate value token
+  stays with its override (all but boolean fields take one)."""
+  spec, overrides, i = None, [], 0
+  while i < len(argv):
+    a = argv[i]
+    name = a.lstrip('-').split('=', 1)[0]
+    if a == '--':
+      break
+    if a.startswith('-') and name == 'config':
+      if '=' in a:
+        spec = a.split('=', 1)[1]
+      else:
+        spec, i = argv[i + 1], i + 1
+    elif a.startswith('-') and name.startswith(('config.', 'noconfig.')):
+      overrides.append(a)
+      if '=' not in a and name.startswith('config.'):
+        field = config
+        for part in name.split('.')[1:]:
+          field = field[part]
+        if not isinstance(field, bool) and i + 1 < len(argv):
+          overrides.append(argv[i + 1])
+          i += 1
+    i += 1
+  return spec, overrides
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _WORKDIR.value is None:
+    raise app.UsageError('--workdir is required')
+  config = _CONFIG.value
+  spec, overrides = config_argv(_raw_argv[1:], config)
+  try:
+    seeds = [int(s) for s in _SEEDS.value]
+  except ValueError:
+    _exit(f'flag error: --seeds={",".join(_SEEDS.value)}: must be comma-separated integers')
+  if not seeds or len(set(seeds)) != len(seeds):
+    _exit(f'flag error: --seeds={",".join(_SEEDS.value)}: must be distinct integers')
+  if _PARALLEL.value < 1:
+    _exit(f'flag error: --parallel={_PARALLEL.value}: must be >= 1')
+  if any(o.lstrip('-').split('=')[0] == 'config.seed' for o in overrides):
+    _exit('config error: --config.seed: set the seeds with --seeds')
+  # The same checks research.main runs, once, before any seed starts (on CPU: this process only
+  # reads the config; the accelerator is left to the seeds).
+  import jax
+  jax.config.update('jax_platforms', 'cpu')
+  from research import configs
+  try:
+    configs.validate(config, num_devices=1)
+  except configs.ConfigError as e:
+    _exit(f'config error: {e}')
+
+  workdir = _WORKDIR.value
+  os.makedirs(workdir, exist_ok=True)
+  results = run_seeds(spec, overrides, workdir, seeds, config.train.num_steps, _PARALLEL.value,
+                      _TIMEOUT.value)
+  ok = [k for k, r in results.items() if r['status'] in ('done', 'skipped')]
+  failures = {str(k): r for k, r in results.items() if k not in ok}
+  summary = summarize(workdir, _METRICS.value or None, ok)
+  summary |= {'config': spec, 'overrides': overrides, 'requested_seeds': seeds,
+              'runs': {str(k): r for k, r in results.items()}, 'failed': failures}
+  with open(os.path.join(workdir, 'seeds.json'), 'w') as f:
+    json.dump(summary, f, indent=2)
+  table = format_table(summary, failures, title=' '.join([spec, *overrides]))
+  with open(os.path.join(workdir, 'seeds.md'), 'w') as f:
+    f.write(table)
+  print(table, end='')
+  sys.exit(1 if failures else 0)
+
+
+def _exit(message: str, code: int = 2):
+  print(message, file=sys.stderr)
+  sys.exit(code)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with research.main's one-line errors (exit code 2); keeps the raw argv
+  so the `--config.*` overrides reach every seed verbatim."""
+  _raw_argv[:] = argv
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # config_flags raises AttributeError/KeyError/TypeError/flags.Error
+    msg = str(e).replace('\\n', ' ').replace("\\'", "'").replace('\n', ' ')
+    quoted = len(msg) > 1 and msg[0] == msg[-1] in '\'"'
+    msg = ' '.join(msg[1:-1].split() if quoted else msg.split())
+    fields = [a[2:].split('=')[0] for a in argv if a.startswith('--config.')]
+    field = next((f for f in fields if f.rsplit('.', 1)[-1] in msg), None)
+    if isinstance(e, AttributeError | KeyError):
+      msg = f'unknown field ({msg})'
+    _exit(f'config error: --{field}: {msg}' if field else f'flag error: {msg}')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)
