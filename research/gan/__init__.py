@@ -1,0 +1,1 @@
+"""The GAN family: DCGAN and PacGAN networks with NS, minimax, WGAN-GP and hinge losses."""
