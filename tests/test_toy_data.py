@@ -55,11 +55,11 @@ def test_info_and_registry(name, k):
   c = _cfg(name)
   assert datasets.is_toy(name) and not datasets.is_toy('digits')
   info = datasets.info(c)
-  assert info == datasets.DatasetInfo((2,), k, 50000, 10000, 'x')
+  assert info == datasets.DatasetInfo((2,), k, 100000, 10000, 'x')
   assert info.shape == info.image_shape == (2,)
   c.train_split, c.eval_split, c.num_eval_examples = 'train[:90%]', 'train[90%:]+test', 300
   info = datasets.info(c)
-  assert (info.num_train, info.num_eval) == (45000, 300)
+  assert (info.num_train, info.num_eval) == (90000, 300)
   src = datasets.data_source(c, 'test')
   assert len(src) == 10000 and src[3]['x'].shape == (2,) and src[3]['x'].dtype == np.float32
 
@@ -74,7 +74,7 @@ def test_image_info_unchanged():
 
 def test_split_slicing():
   x, y = toy.split_arrays('grid25', 'train')
-  assert toy.split_size('train[:90%]') == 45000
+  assert toy.split_size('train[:90%]') == 90000
   xs, ys = toy.split_arrays('grid25', 'train[-1000:]+test[:10]')
   np.testing.assert_array_equal(xs[:1000], x[-1000:])
   np.testing.assert_array_equal(xs[1000:], toy.split_arrays('grid25', 'test')[0][:10])
@@ -119,9 +119,9 @@ def test_batch_keys_shapes_and_dtypes(name):
 def test_splits_are_deterministic_and_distinct(name):
   x, y = toy.split_arrays(name, 'train')
   xt, _ = toy.split_arrays(name, 'test')
-  assert x.shape == (50000, 2) and x.dtype == np.float32 and y.dtype == np.int64
+  assert x.shape == (100000, 2) and x.dtype == np.float32 and y.dtype == np.int64
   assert xt.shape == (10000, 2)
-  again, again_y = toy.sample(name, 50000, toy.split_seed(name, 'train'))
+  again, again_y = toy.sample(name, 100000, toy.split_seed(name, 'train'))
   np.testing.assert_array_equal(again, x)
   np.testing.assert_array_equal(again_y, y)
   assert not np.array_equal(x[:10000], xt)

@@ -12,7 +12,7 @@
 |               | 1497 train / 300 test, 8x8x1 (stratified split)        |                          |
 | cifar10       | -                                                      | `cifar10` 50000 / 10000  |
 | ring8         | generated in memory (research/data/toy.py)             | -                        |
-| grid25        | 50000 train / 10000 test, 2-D points (key 'x')         |                          |
+| grid25        | 100000 train / 10000 test, 2-D points (key 'x')        |                          |
 | swiss_roll    |                                                        |                          |
 
 The package builders (research/data/builders) are TFDS `GeneratorBasedBuilder`s that read the

@@ -12,7 +12,7 @@ The mixtures are exactly those of the PacGAN mode-coverage metric
 evaluate generated samples against. A mixture point's label is its nearest mode, the assignment
 `toy_mixtures.mode_coverage` uses (with modes >= 20 std apart it is the drawn component).
 
-Each split is a fixed set of points ('train' 50,000, 'test' 10,000) drawn from a seed fixed per
+Each split is a fixed set of points ('train' 100,000 as in PacGAN, 'test' 10,000) drawn from a seed fixed per
 (name, split), so every process and machine sees the same data; train and test are independent
 draws. Splits accept TFDS-style slicing ('train[:90%]', 'train[1000:]', 'train+test').
 """
@@ -29,7 +29,7 @@ import numpy as np
 from research.evaluation import toy_mixtures
 
 NAMES = ('ring8', 'grid25', 'swiss_roll')
-SPLITS = {'train': 50000, 'test': 10000}
+SPLITS = {'train': 100000, 'test': 10000}   # train: PacGAN's 100k points
 NUM_CLASSES = {'ring8': 8, 'grid25': 25, 'swiss_roll': 1}
 SHAPE = (2,)
 
