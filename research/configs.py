@@ -11,7 +11,7 @@ Families add their own sections (`model`, `objective`, extra `eval` fields) thro
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import ml_collections
 
@@ -177,6 +177,20 @@ def check_schema(config, schema, prefix='config') -> None:
       check_schema(v, d, path)
     elif not _types_ok(v, d):
       raise ConfigError(f'{path}={v!r}: must be {type(d).__name__}, got {type(v).__name__}')
+
+
+def flag_error_line(error: Exception, argv: Sequence[str]) -> str:
+  """One line for an absl/config_flags parsing error, naming the `--config.*` override it comes
+  from (config_flags raises AttributeError/KeyError/TypeError/flags.Error with multi-line,
+  quoted messages). Shared by every command that takes `--config`."""
+  msg = str(error).replace('\\n', ' ').replace("\\'", "'").replace('\n', ' ')
+  quoted = len(msg) > 1 and msg[0] == msg[-1] in '\'"'
+  msg = ' '.join(msg[1:-1].split() if quoted else msg.split())
+  fields = [a[2:].split('=')[0] for a in argv if a.startswith('--config.')]
+  field = next((f for f in fields if f.rsplit('.', 1)[-1] in msg), None)
+  if isinstance(error, AttributeError | KeyError):
+    msg = f'unknown field ({msg})'
+  return f'config error: --{field}: {msg}' if field else f'flag error: {msg}'
 
 
 def require(ok: bool, field: str, value: Any, why: str) -> None:

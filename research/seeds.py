@@ -365,15 +365,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # config_flags raises AttributeError/KeyError/TypeError/flags.Error
-    msg = str(e).replace('\\n', ' ').replace("\\'", "'").replace('\n', ' ')
-    quoted = len(msg) > 1 and msg[0] == msg[-1] in '\'"'
-    msg = ' '.join(msg[1:-1].split() if quoted else msg.split())
-    fields = [a[2:].split('=')[0] for a in argv if a.startswith('--config.')]
-    field = next((f for f in fields if f.rsplit('.', 1)[-1] in msg), None)
-    if isinstance(e, AttributeError | KeyError):
-      msg = f'unknown field ({msg})'
-    _exit(f'config error: --{field}: {msg}' if field else f'flag error: {msg}')
-
+    from research import configs  # pylint: disable=g-import-not-at-top
+    _exit(configs.flag_error_line(e, argv))
 
 if __name__ == '__main__':
   app.run(main, flags_parser=parse_flags)
