@@ -31,12 +31,18 @@ import time
 import numpy as np
 from absl import app, flags
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The run to evaluate.')
-_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 0,
-                                    'Samples to evaluate; more than the latest samples file '
-                                    'holds are drawn from the latest checkpoint (0 = as saved).')
-_MAX_REAL = flags.DEFINE_integer('max_real', 10000,
-                                 'Train images in the reference set of the distribution metrics.')
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Flags exist only when this module is the command (importing it defines none)."""
+  flags.DEFINE_string('workdir', None, 'The run to evaluate.')
+  flags.DEFINE_integer('num_samples', 0, 'Samples to evaluate; more than the latest samples file '
+                       'holds are drawn from the latest checkpoint (0 = as saved).')
+  flags.DEFINE_integer('max_real', 10000,
+                       'Train images in the reference set of the distribution metrics.')
+
+
 _CHUNK = 1000  # samples drawn per call when drawing more
 
 
@@ -269,18 +275,19 @@ def format_table(result: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if _WORKDIR.value is None:
+  if FLAGS.workdir is None:
     raise app.UsageError('--workdir is required')
   from research import metric_writers  # pylint: disable=g-import-not-at-top
   metric_writers.console_logging()
   try:
-    result = evaluate_run(_WORKDIR.value, _NUM_SAMPLES.value, _MAX_REAL.value)
+    result = evaluate_run(FLAGS.workdir, FLAGS.num_samples, FLAGS.max_real)
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   print(format_table(result))
-  print(f"wrote {os.path.join(_WORKDIR.value, 'eval.json')}")
+  print(f"wrote {os.path.join(FLAGS.workdir, 'eval.json')}")
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

@@ -13,18 +13,21 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample'], 'What to run.')
-_STEP = flags.DEFINE_integer('step', -1, 'Checkpoint step for eval/sample (-1 = latest).')
-_DISTRIBUTED = flags.DEFINE_bool('distributed', False,
-                                 'Call jax.distributed.initialize() from the environment.')
-_COORDINATOR = flags.DEFINE_string('coordinator', '', 'host:port of process 0 (multi-process).')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', 1, 'Number of processes (with coordinator).')
-_PROCESS_ID = flags.DEFINE_integer('process_id', 0, 'This process (with coordinator).')
-_CPU_DEVICES = flags.DEFINE_integer('cpu_devices', 0,
-                                    'Fake this many CPU devices (testing data parallelism).')
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Flags exist only when this module is the command: importing `run` defines none, so it
+  never clashes with another command's --workdir."""
+  config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
+  flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample'], 'What to run.')
+  flags.DEFINE_integer('step', -1, 'Checkpoint step for eval/sample (-1 = latest).')
+  flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() from the environment.')
+  flags.DEFINE_string('coordinator', '', 'host:port of process 0 (multi-process).')
+  flags.DEFINE_integer('num_processes', 1, 'Number of processes (with coordinator).')
+  flags.DEFINE_integer('process_id', 0, 'This process (with coordinator).')
+  flags.DEFINE_integer('cpu_devices', 0, 'Fake this many CPU devices (testing data parallelism).')
 
 
 def run(config, workdir: str, mode: str = 'train', step: int = -1) -> dict:
@@ -42,21 +45,21 @@ def run(config, workdir: str, mode: str = 'train', step: int = -1) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if _WORKDIR.value is None:
+  if FLAGS.workdir is None:
     raise app.UsageError('--workdir is required')
   from research import metric_writers
   metric_writers.console_logging()
   import jax
-  if _CPU_DEVICES.value:
-    jax.config.update('jax_num_cpu_devices', _CPU_DEVICES.value)
+  if FLAGS.cpu_devices:
+    jax.config.update('jax_num_cpu_devices', FLAGS.cpu_devices)
   from research import configs, parallel
-  if _COORDINATOR.value:
-    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  elif _DISTRIBUTED.value:
+  if FLAGS.coordinator:
+    parallel.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+  elif FLAGS.distributed:
     parallel.initialize_distributed()
   from research import trainer  # after distributed start-up, like everything that uses devices
   try:
-    run(_CONFIG.value, _WORKDIR.value, _MODE.value, _STEP.value)
+    run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.step)
   except configs.ConfigError as e:
     print(f'config error: {e}', file=sys.stderr)
     sys.exit(2)
@@ -78,4 +81,5 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main, flags_parser=parse_flags)

@@ -30,15 +30,22 @@ from typing import Iterable, Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file (as for '
-                                          'research.main).', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Parent directory; seed k runs in seed_<k>.')
-_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2', '3', '4'], 'Comma-separated seeds.')
-_PARALLEL = flags.DEFINE_integer('parallel', 1, 'Seeds run at the same time.')
-_METRICS = flags.DEFINE_list('metrics', [], 'Dotted final-metric paths (eval.reverse_kl); '
-                             'default: every numeric scalar under eval.')
-_TIMEOUT = flags.DEFINE_float('timeout', 0.0, 'Seconds per seed before it is stopped (SIGTERM: '
-                              'it checkpoints, so a rerun resumes it); 0 = none.')
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Flags exist only when this module is the command: importing it (tests, notebooks, other
+  commands with their own --workdir) defines none."""
+  config_flags.DEFINE_config_file('config', None, 'Experiment config file (as for research.main).',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Parent directory; seed k runs in seed_<k>.')
+  flags.DEFINE_list('seeds', ['0', '1', '2', '3', '4'], 'Comma-separated seeds.')
+  flags.DEFINE_integer('parallel', 1, 'Seeds run at the same time.')
+  flags.DEFINE_list('metrics', [], 'Dotted final-metric paths (eval.reverse_kl); '
+                    'default: every numeric scalar under eval.')
+  flags.DEFINE_float('timeout', 0.0, 'Seconds per seed before it is stopped (SIGTERM: '
+                     'it checkpoints, so a rerun resumes it); 0 = none.')
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRACE_S = 120.0  # after a timeout's SIGTERM, time to checkpoint before SIGKILL
@@ -311,18 +318,18 @@ def config_argv(argv: Sequence[str], config) -> tuple[str, list[str]]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if _WORKDIR.value is None:
+  if FLAGS.workdir is None:
     raise app.UsageError('--workdir is required')
-  config = _CONFIG.value
+  config = FLAGS.config
   spec, overrides = config_argv(_raw_argv[1:], config)
   try:
-    seeds = [int(s) for s in _SEEDS.value]
+    seeds = [int(s) for s in FLAGS.seeds]
   except ValueError:
-    _exit(f'flag error: --seeds={",".join(_SEEDS.value)}: must be comma-separated integers')
+    _exit(f'flag error: --seeds={",".join(FLAGS.seeds)}: must be comma-separated integers')
   if not seeds or len(set(seeds)) != len(seeds):
-    _exit(f'flag error: --seeds={",".join(_SEEDS.value)}: must be distinct integers')
-  if _PARALLEL.value < 1:
-    _exit(f'flag error: --parallel={_PARALLEL.value}: must be >= 1')
+    _exit(f'flag error: --seeds={",".join(FLAGS.seeds)}: must be distinct integers')
+  if FLAGS.parallel < 1:
+    _exit(f'flag error: --parallel={FLAGS.parallel}: must be >= 1')
   if any(o.lstrip('-').split('=')[0] == 'config.seed' for o in overrides):
     _exit('config error: --config.seed: set the seeds with --seeds')
   # The same checks research.main runs, once, before any seed starts (on CPU: this process only
@@ -335,13 +342,13 @@ def main(argv):
   except configs.ConfigError as e:
     _exit(f'config error: {e}')
 
-  workdir = _WORKDIR.value
+  workdir = FLAGS.workdir
   os.makedirs(workdir, exist_ok=True)
-  results = run_seeds(spec, overrides, workdir, seeds, config.train.num_steps, _PARALLEL.value,
-                      _TIMEOUT.value)
+  results = run_seeds(spec, overrides, workdir, seeds, config.train.num_steps, FLAGS.parallel,
+                      FLAGS.timeout)
   ok = [k for k, r in results.items() if r['status'] in ('done', 'skipped')]
   failures = {str(k): r for k, r in results.items() if k not in ok}
-  summary = summarize(workdir, _METRICS.value or None, ok)
+  summary = summarize(workdir, FLAGS.metrics or None, ok)
   summary |= {'config': spec, 'overrides': overrides, 'requested_seeds': seeds,
               'runs': {str(k): r for k, r in results.items()}, 'failed': failures}
   with open(os.path.join(workdir, 'seeds.json'), 'w') as f:
@@ -369,4 +376,5 @@ def parse_flags(argv: list[str]) -> list[str]:
     _exit(configs.flag_error_line(e, argv))
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main, flags_parser=parse_flags)
