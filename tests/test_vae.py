@@ -206,7 +206,9 @@ def test_two_devices_match_one_device():
   results = []
   for devices in (jax.devices()[:1], jax.devices()[:2]):
     mesh = parallel.make_mesh(devices)
-    state = state0
+    # Replicated on the mesh, as the harness holds the state: the second step then reuses the
+    # first one's executable (host arrays in, mesh arrays out would compile the step twice).
+    state = jax.device_put(state0, parallel.replicated(mesh))
     step = parallel.data_parallel(fam.train_step, mesh, out_batched=(False, False))
     for i in range(2):
       state, metrics = step(state, batch, jax.random.key(i))
