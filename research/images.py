@@ -21,6 +21,7 @@ def make_grid(images: np.ndarray, ncol: int | None = None, pad: int = 1) -> np.n
     r, col = divmod(i, ncol)
     grid[pad + r * (h + pad):pad + r * (h + pad) + h,
          pad + col * (w + pad):pad + col * (w + pad) + w] = img
+  grid = np.nan_to_num(grid, nan=0.0)  # a diverged sample shows black, not a cast warning
   return (np.clip(grid, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 
 
