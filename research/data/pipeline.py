@@ -36,6 +36,11 @@ Toy data (`datasets.is_toy`: ring8, grid25, swiss_roll): the same train and eval
 reader of in-memory float32 points (research/data/toy.py). Batches carry them under 'x'
 (float32 [B, 2]) instead of 'image'; there is no uint8 scaling, and validation has ruled out
 augmentation and dedup. Ordering, exact resume and host sharding are as above.
+
+Text (`datasets.is_text`: shakespeare): the same machinery again over a reader whose examples are
+windows of a split's token stream (research/data/text.py): batches {'tokens': int32
+[B, seq_len + 1]} with no label; eval batches add 'loss_mask' (float32 [B, seq_len]). Train reads
+only the full windows; eval pads the last one.
 """
 from __future__ import annotations
 
@@ -129,6 +134,10 @@ class _Reader:
   def _source_shape(self):
     return np.asarray(self._source[0]['image']).shape
 
+  def eval_entries(self, batch: dict) -> dict:  # pylint: disable=unused-argument
+    """Entries an eval batch adds for this reader (text: the loss mask); none here."""
+    return {}
+
   @staticmethod
   def to_features(rows: np.ndarray) -> np.ndarray:
     return to_float(rows)
@@ -179,8 +188,12 @@ def _cached_reader(name: str, source: str, data_dir: str, split: str,
 
 def reader(data_cfg, split: str) -> _Reader:
   """The reader of one split, cached for the process: prepares the dataset on first use and, for
-  a split that fits `MAX_IN_MEMORY_BYTES`, reads it into memory once (toy data: generates it)."""
+  a split that fits `MAX_IN_MEMORY_BYTES`, reads it into memory once (toy data: generates it;
+  text: every window of the split, the last one padded)."""
   datasets.validate(data_cfg)
+  if datasets.is_text(data_cfg.name):
+    from research.data import text  # pylint: disable=g-import-not-at-top
+    return text.reader(data_cfg, split)
   return _cached_reader(data_cfg.name, data_cfg.source, data_cfg.data_dir, split,
                         MAX_IN_MEMORY_BYTES)
 
@@ -348,7 +361,10 @@ class TrainBatches:
       indices[sel] = self._perm(int(e))[offsets[sel]]
     stored, labels = self._read.rows(indices)
     x = _augment_rows(self._read.to_features(stored), positions, self._aug, self._rng())
-    return {self._read.key: x, 'label': labels.astype(np.int32)}
+    batch = {self._read.key: x}
+    if labels is not None:  # text windows have none
+      batch['label'] = labels.astype(np.int32)
+    return batch
 
   def _rng(self) -> PositionRng | None:
     if not self._aug.is_random:
@@ -362,7 +378,11 @@ def train_dataset(data_cfg, global_batch_size: int, seed: int, process_index: in
                   process_count: int = 1) -> grain.MapDataset:
   """This host's infinite random-access dataset of batches (see the module docstring)."""
   b = _host_batch_size(global_batch_size, process_index, process_count)
-  read = reader(data_cfg, data_cfg.train_split)
+  if datasets.is_text(data_cfg.name):  # the full windows only
+    from research.data import text  # pylint: disable=g-import-not-at-top
+    read = text.reader(data_cfg, data_cfg.train_split, train=True)
+  else:
+    read = reader(data_cfg, data_cfg.train_split)
   if read.num_examples == 0:
     raise ValueError(f'config.data.train_split={data_cfg.train_split!r} is empty')
   read = _dedup_reader(data_cfg, data_cfg.train_split, read)
@@ -375,7 +395,8 @@ def train_iterator(data_cfg, global_batch_size: int, seed: int, process_index: i
                    process_count: int = 1) -> grain.DatasetIterator:
   """Infinite iterator of this host's training batches:
   {'image': float32 [B_host, H, W, C] in [0, 1] (augmented), 'label': int32 [B_host]}
-  (toy data: {'x': float32 [B_host, 2], 'label'}), B_host = global_batch_size // process_count.
+  (toy data: {'x': float32 [B_host, 2], 'label'}; text: {'tokens': int32 [B_host, seq_len + 1]}),
+  B_host = global_batch_size // process_count.
   Deterministic from `seed`; see the module docstring for how host shards compose. Supports
   get_state()/set_state() and grain.checkpoint."""
   ds = train_dataset(data_cfg, global_batch_size, seed, process_index, process_count)
@@ -420,11 +441,11 @@ class EvalBatches:
       rng = self._local.rng
     x = _augment_rows(self._read.to_features(stored), real, self._aug, rng)
     pad = self._b - len(real)
-    return {
-        self._read.key: np.concatenate([x, np.zeros((pad, *x.shape[1:]), np.float32)]),
-        'label': np.concatenate([labels.astype(np.int32), np.zeros(pad, np.int32)]),
-        'mask': np.concatenate([np.ones(len(real), np.float32), np.zeros(pad, np.float32)]),
-    }
+    batch = {self._read.key: np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])}
+    if labels is not None:
+      batch['label'] = np.concatenate([labels.astype(np.int32), np.zeros(pad, np.int32)])
+    batch['mask'] = np.concatenate([np.ones(len(real), np.float32), np.zeros(pad, np.float32)])
+    return batch | self._read.eval_entries(batch)
 
 
 def num_eval_batches(data_cfg, global_batch_size: int) -> int:
@@ -439,7 +460,8 @@ def eval_batches(data_cfg, global_batch_size: int, process_index: int = 0,
   """One deterministic pass over `data_cfg.eval_split` (its first num_eval_examples if != -1).
 
   Yields {'image': float32 [B_host, H, W, C], 'label': int32 [B_host], 'mask': float32 [B_host]}
-  (mask 1 = real example, 0 = padding; toy data: 'x' float32 [B_host, 2] for 'image'),
+  (mask 1 = real example, 0 = padding; toy data: 'x' float32 [B_host, 2] for 'image'; text:
+  {'tokens': int32 [B_host, seq_len + 1], 'loss_mask': float32 [B_host, seq_len], 'mask'}),
   B_host = global_batch_size // process_count, exactly `num_eval_batches()` batches on every
   host. Global batch k holds examples [k * global_batch_size, (k + 1) * global_batch_size) in
   split order and host p its p-th slice, so every real example appears exactly once across

@@ -1,0 +1,294 @@
+"""Text datasets for the language models (`datasets.is_text`: 'shakespeare').
+
+Documents: the examples of a split ({'name', 'text'} as UTF-8 bytes, research/data/builders),
+in name order.
+
+Tokenizer (`tokenizer(data_cfg)`): `data.tokenizer` ('byte' | 'char' | 'bpe' with
+`data.vocab_size` pieces, research/lm/tokenizers.py) fit on `train_text(data_cfg)`, the documents
+of `data.train_split` (never the held-out text). It is built once and cached on disk next to the
+prepared data, in <data_dir>/genlab_tokenizers/<name>-<kind>[<vocab_size>]-<sha256 of the text>/
+(built under a file lock, written to a temporary directory and renamed), so every process and
+every later run loads the same vocabulary.
+
+Packing: a split is one token stream, BOS doc_1 EOS BOS doc_2 EOS ... BOS doc_n EOS (a document
+starts after BOS, as a generation prompt does, and ends with EOS). Window k is
+stream[k L : k L + L + 1] for L = `data.seq_len`: inputs w[:-1], targets w[1:]. Consecutive
+windows share one token, so the targets tile the stream: every token after the leading BOS is a
+target of exactly one window. Train keeps the full windows (the last partial one is dropped);
+eval pads the last window with pad (id 0, never in a stream) so every token is scored exactly
+once, and `loss_mask` marks the real targets.
+
+Batches come from the same grain machinery as the images (research/data/pipeline.py): a
+`WindowReader` whose rows are windows under the key 'tokens', so shuffling (a fresh permutation of
+the windows every epoch), host sharding, exact resume and eval padding are the pipeline's:
+  train: {'tokens': int32 [B_host, L + 1]}
+  eval:  {'tokens': int32 [B_host, L + 1], 'loss_mask': float32 [B_host, L] (1 = a real target),
+          'mask': float32 [B_host] (1 = a real window, 0 = a padding one)}
+`info(data_cfg)` counts windows: num_train full train windows, num_eval padded eval windows.
+
+Dialogue (`speeches`, `dialogue_pairs`): the speeches of a play in Project Gutenberg format, and
+(one speech, the next speaker's reply) pairs for supervised fine-tuning.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import os
+import re
+import shutil
+from typing import NamedTuple
+
+import numpy as np
+
+from research.data import datasets
+from research.data import pipeline
+from research.lm import tokenizers
+
+# ---------------------------------------------------------------------------------------------
+# Documents and the tokenizer
+
+
+@functools.lru_cache(maxsize=16)
+def _documents(name: str, source: str, data_dir: str, split: str) -> tuple[tuple[str, str], ...]:
+  src = datasets.open_source(name, source, data_dir, split)
+  docs = [(bytes(e['name']).decode(), bytes(e['text']).decode('utf-8'))
+          for e in (src[i] for i in range(len(src)))]
+  return tuple(sorted(docs))
+
+
+def documents(data_cfg, split: str) -> list[tuple[str, str]]:
+  """(name, text) of every document of `split` (a TFDS split spec), in name order."""
+  datasets.validate(data_cfg)
+  return list(_documents(data_cfg.name, data_cfg.source, data_cfg.data_dir, split))
+
+
+def train_text(data_cfg) -> str:
+  """The text the tokenizer is fit on: the documents of data.train_split, joined by newlines."""
+  return '\n'.join(t for _, t in documents(data_cfg, data_cfg.train_split))
+
+
+def _tokenizer_key(data_cfg) -> tuple:
+  kind = data_cfg.get('tokenizer', datasets.TEXT_DEFAULTS['tokenizer'])
+  vocab_size = data_cfg.get('vocab_size', datasets.TEXT_DEFAULTS['vocab_size'])
+  vocab_size = vocab_size if kind == 'bpe' else 0  # the other kinds do not use it
+  return (data_cfg.name, data_cfg.source, data_cfg.data_dir, data_cfg.train_split, kind,
+          vocab_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_tokenizer(name, source, data_dir, train_split, kind, vocab_size):
+  """(tokenizer, its cache directory), built on first use by any process (see the docstring)."""
+  text = '\n'.join(t for _, t in _documents(name, source, data_dir, train_split))
+  digest = hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]
+  builder = datasets.prepared_builder(datasets.DATASETS[name].package.builder,
+                                      os.path.expanduser(data_dir) if data_dir else None)
+  tag = f'{name}-{kind}{vocab_size or ""}-{digest}'
+  root = os.path.join(os.fspath(builder.data_dir_root), 'genlab_tokenizers')
+  path = os.path.join(root, tag)
+  if not os.path.isfile(os.path.join(path, 'tokenizer.json')):
+    with datasets.file_lock(os.path.join(root, f'.{tag}.lock')):
+      if not os.path.isfile(os.path.join(path, 'tokenizer.json')):
+        tmp = f'{path}.tmp{os.getpid()}'
+        shutil.rmtree(tmp, ignore_errors=True)
+        tokenizers.make({'tokenizer': kind, 'vocab_size': vocab_size}, text).save(tmp)
+        try:
+          os.replace(tmp, path)
+        except OSError:  # another machine on a shared disk won (same text: the same tokenizer)
+          shutil.rmtree(tmp, ignore_errors=True)
+  return tokenizers.load(path), path
+
+
+def tokenizer(data_cfg) -> tokenizers.Tokenizer:
+  """The configured tokenizer, fit on `train_text(data_cfg)`; cached on disk and per process.
+  `tokenizer(cfg).vocab_size` is the model's vocabulary size."""
+  datasets.validate(data_cfg)
+  return _cached_tokenizer(*_tokenizer_key(data_cfg))[0]
+
+
+def tokenizer_dir(data_cfg) -> str:
+  """Where the configured tokenizer is saved (`tokenizers.load` reads it)."""
+  datasets.validate(data_cfg)
+  return _cached_tokenizer(*_tokenizer_key(data_cfg))[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_stream(tok_key: tuple, split: str) -> np.ndarray:
+  tok = _cached_tokenizer(*tok_key)[0]
+  name, source, data_dir = tok_key[:3]
+  bos, eos = np.array([tokenizers.BOS], np.int32), np.array([tokenizers.EOS], np.int32)
+  parts = []
+  for _, text in _documents(name, source, data_dir, split):
+    parts += [bos, tok.encode_array(text), eos]
+  stream = np.concatenate(parts) if parts else np.zeros((0,), np.int32)
+  stream.setflags(write=False)
+  return stream
+
+
+def token_stream(data_cfg, split: str) -> np.ndarray:
+  """The split's tokens, BOS doc_1 EOS ... BOS doc_n EOS: int32 [T] (read-only)."""
+  datasets.validate(data_cfg)
+  return _cached_stream(_tokenizer_key(data_cfg), split)
+
+
+def num_windows(num_tokens: int, seq_len: int, train: bool) -> int:
+  """Windows of a stream of `num_tokens`: full ones only (train), or enough to score every target
+  (eval). A stream has num_tokens - 1 targets."""
+  targets = max(num_tokens - 1, 0)
+  return targets // seq_len if train else math.ceil(targets / seq_len)
+
+
+class WindowReader(pipeline._Reader):  # pylint: disable=protected-access
+  """rows(indices) -> (int32 windows [n, seq_len + 1], None): window k of a token stream (see the
+  module docstring), the tail padded with pad (eval). No labels."""
+  key = 'tokens'
+
+  # pylint: disable-next=super-init-not-called
+  def __init__(self, stream: np.ndarray, seq_len: int, train: bool):
+    self._source, self._arrays = None, None   # not an image reader: rows come from the stream
+    self.seq_len = seq_len
+    self.num_examples = num_windows(len(stream), seq_len, train)
+    size = self.num_examples * seq_len + 1
+    self._stream = np.full(max(size, len(stream)), tokenizers.PAD, np.int32)
+    self._stream[:len(stream)] = stream
+    self._offsets = np.arange(seq_len + 1, dtype=np.int64)
+
+  def rows(self, indices: np.ndarray):
+    starts = np.asarray(indices, np.int64) * self.seq_len
+    return self._stream[starts[:, None] + self._offsets], None
+
+  @staticmethod
+  def to_features(rows: np.ndarray) -> np.ndarray:
+    return rows
+
+  def eval_entries(self, batch: dict) -> dict:
+    # pad never occurs in a stream, so a pad target is padding (tail or padding window).
+    return {'loss_mask': (batch[self.key][:, 1:] != tokenizers.PAD).astype(np.float32)}
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_reader(tok_key: tuple, split: str, seq_len: int, train: bool) -> WindowReader:
+  return WindowReader(_cached_stream(tok_key, split), seq_len, train)
+
+
+def reader(data_cfg, split: str, train: bool = False) -> WindowReader:
+  """The windows of `split`: full ones (train=True) or all of them, the last padded (eval)."""
+  datasets.validate(data_cfg)
+  return _cached_reader(_tokenizer_key(data_cfg), split, int(data_cfg.seq_len), train)
+
+
+def info(data_cfg) -> datasets.DatasetInfo:
+  """Windows of shape (seq_len + 1,) under 'tokens': num_train full windows of train_split,
+  num_eval windows of eval_split (padded; at most num_eval_examples). Prepares the data and the
+  tokenizer and tokenizes both splits on first use (cached)."""
+  num_eval = reader(data_cfg, data_cfg.eval_split).num_examples
+  if data_cfg.num_eval_examples != -1:
+    num_eval = min(num_eval, data_cfg.num_eval_examples)
+  return datasets.DatasetInfo(shape=(int(data_cfg.seq_len) + 1,), num_classes=0,
+                              num_train=reader(data_cfg, data_cfg.train_split, True).num_examples,
+                              num_eval=num_eval, key='tokens')
+
+
+def split_stats(data_cfg, split: str) -> dict:
+  """Documents, characters and tokens of a split. The targets are the tokens but the first BOS;
+  they spell the characters (`Tokenizer.char_lengths`) plus one BOS (but the first) and one EOS
+  per document."""
+  docs = documents(data_cfg, split)
+  return {'documents': len(docs), 'characters': sum(len(t) for _, t in docs),
+          'tokens': len(token_stream(data_cfg, split))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Dialogue
+
+
+class Speech(NamedTuple):
+  scene: int      # 0, 1, ...: increments at every ACT / SCENE / INDUCTION heading
+  speaker: str    # as printed, without the final period: 'HAMLET', 'Ham.' -> 'Ham'
+  text: str       # the speech's lines, stripped, stage directions ([...]) removed
+
+
+_HEADING = re.compile(r'^(act|scene|induction)\b', re.IGNORECASE)
+_START = re.compile(r'^(act|scene|induction|prologue)\b', re.IGNORECASE)
+# 'HAMLET.', 'FIRST WITCH.', 'MRS. PAGE.', 'THESEUS' (no period): no lowercase, >= 2 letters.
+_CAPS = re.compile(r"^(?=(?:[^A-Z]*[A-Z]){2})[A-Z0-9][A-Z0-9 .'&-]*$")
+# 'Ham.', 'Lady Capulet.', '1 Clown.', 'P. King.', 'Ros. and Guil.': capitalised words.
+_MIXED = re.compile(r"^[A-Z0-9][\w']*\.?(?: (?:and|of|[A-Z0-9][\w']*\.?))*\.$")
+_ROMAN = re.compile(r'^[IVXL]+\.?$')
+_STAGE = re.compile(r'\[[^\]]*(\]|$)')                 # [Exit.], also across lines
+
+
+def _speaker(line: str) -> str | None:
+  line = ' '.join(line.split())
+  if (not line or len(line) > 40 or len(line.split()) > 5 or _HEADING.match(line)
+      or _ROMAN.match(line)):  # numbered stanzas of songs
+
+    return None
+  if _CAPS.match(line) or _MIXED.match(line):
+    return line.rstrip('.')
+  return None
+
+
+def _inline(line: str, known: set[str]) -> tuple[str, str] | None:
+  """(speaker, text) of 'KING. Ay, that is ...' when the prefix is a known speaker."""
+  for m in re.finditer(r'\. +', line):
+    if line[:m.start()] in known and line[m.end():]:
+      return line[:m.start()], line[m.end():]
+  return None
+
+
+def speeches(play_text: str) -> list[Speech]:
+  """The speeches of a play in the Project Gutenberg format of shksprdata: a speaker line
+  ('HAMLET.' / 'Ham.' / 'THESEUS') starts a speech, which runs over the following lines and
+  paragraphs (stage directions removed) until the next speaker or ACT / SCENE heading. Text
+  before the first heading (title, persons represented) and speech without a speaker (e.g. an
+  unnamed chorus) is skipped; speeches left empty are dropped."""
+  blocks = [b.split('\n') for b in re.split(r'\n[ \t]*\n', play_text.replace('\r\n', '\n'))]
+  blocks = [[line.strip() for line in b] for b in blocks]
+  blocks = [[line for line in b if line] for b in blocks]
+  blocks = [b for b in blocks if b]
+  # Inline speaker lines ('KING. Ay, ...') only for names that also stand alone somewhere.
+  known = {s for s in (_speaker(b[0]) for b in blocks) if s}
+  out, scene, started, current = [], 0, False, None
+
+  def flush():
+    if current is not None:
+      text = _STAGE.sub('', '\n'.join(current[1]))
+      text = '\n'.join(line.strip() for line in text.split('\n') if line.strip())
+      if text:
+        out.append(Speech(scene, current[0], text))
+
+  for block in blocks:
+    head = block[0]
+    if _START.match(head):
+      started = True
+    if not started:
+      continue
+    if _HEADING.match(head):
+      flush()
+      current, scene = None, scene + 1
+      continue
+    name, lines = _speaker(head), block[1:]
+    inline = None if name else _inline(head, known)
+    if inline:
+      name, lines = inline[0], [inline[1]] + block[1:]
+    elif not name:
+      if current is not None:  # the speech goes on after a stage direction or a paragraph
+        current[1].extend(block)
+      continue
+    flush()
+    current = (name, lines)
+  flush()
+  return out
+
+
+def dialogue_pairs(play_text: str) -> list[tuple[str, str]]:
+  """(prompt, response) pairs: a speech and the next speech of the same scene by another
+  speaker, in play order."""
+  s = speeches(play_text)
+  return [(a.text, b.text) for a, b in zip(s, s[1:])
+          if a.scene == b.scene and a.speaker != b.speaker]

@@ -1,0 +1,1 @@
+"""Autoregressive language models: a decoder-only transformer and KV-cache generation."""

@@ -1,0 +1,316 @@
+"""A GPT-style decoder-only transformer (flax.linen) with an explicit, functional KV cache.
+
+Architecture: token embedding -> dropout -> `num_layers` pre-norm blocks
+(x + Attn(RMSNorm(x)), x + MLP(RMSNorm(x))) -> RMSNorm -> logits = h @ embedding^T (tied input
+and output embeddings, as in GPT-2 / PaLM). Attention is causal multi-head self-attention with
+rotary position embeddings (RoPE, Su et al. 2021, arXiv:2104.09864, in the GPT-NeoX / LLaMA
+"rotate-half" layout); the MLP is GELU (GPT-2) or SwiGLU (Shazeer 2020, arXiv:2002.05202). No
+biases. Kernels are N(0, init_std); the projections that write into the residual stream are
+scaled by 1/sqrt(2 num_layers) (GPT-2), so the residual stream's variance does not grow with depth.
+
+`dtype` is the compute dtype: parameters stay float32, matmuls and activations run in `dtype`,
+while norms' reductions, attention softmax and the logits are float32.
+
+Positions are per row, so left-padded batches (generation) give every prompt positions
+0..len-1 on its real tokens, whatever the padding in front; RoPE makes attention depend only on
+position differences. The KV cache is an explicit pytree passed in and returned (no flax
+'cache' collection), so generation is a pure function that jit and scan handle directly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import chex
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+MLPS = ('gelu', 'swiglu')
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Static model hyperparameters (frozen, hence hashable: usable as a jit static argument)."""
+  vocab_size: int
+  num_layers: int = 4
+  num_heads: int = 4
+  d_model: int = 256
+  mlp_dim: int = 0            # 0 = 4 * d_model (for SwiGLU too: its 3 matrices then hold 1.5x)
+  mlp: str = 'gelu'           # gelu | swiglu
+  dropout: float = 0.0        # on the embeddings and on every residual branch's output
+  attn_dropout: float = 0.0   # on the attention probabilities
+  max_len: int = 256          # longest sequence (training length; prompt + generation)
+  rope_base: float = 10000.
+  dtype: str = 'float32'      # compute dtype: float32 | bfloat16 (params stay float32)
+  init_std: float = 0.02
+
+  def __post_init__(self):
+    if self.d_model % self.num_heads:
+      raise ValueError(f'TransformerConfig: d_model={self.d_model} does not divide into '
+                       f'num_heads={self.num_heads}')
+    if self.head_dim % 2:
+      raise ValueError(f'TransformerConfig: head_dim = d_model / num_heads = {self.head_dim} must '
+                       'be even for rotary embeddings')
+    if self.mlp not in MLPS:
+      raise ValueError(f'TransformerConfig: mlp must be one of {MLPS}, got {self.mlp!r}')
+    if self.dtype not in DTYPES:
+      raise ValueError(f'TransformerConfig: dtype must be one of {tuple(DTYPES)}, '
+                       f'got {self.dtype!r}')
+    for name in ('vocab_size', 'num_layers', 'num_heads', 'd_model', 'max_len'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'TransformerConfig: {name} must be >= 1, got {getattr(self, name)}')
+    for name in ('dropout', 'attn_dropout'):
+      if not 0. <= getattr(self, name) < 1.:
+        raise ValueError(f'TransformerConfig: {name} must be in [0, 1), got {getattr(self, name)}')
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+  @property
+  def hidden_dim(self) -> int:
+    return self.mlp_dim or 4 * self.d_model
+
+  @property
+  def compute_dtype(self):
+    return DTYPES[self.dtype]
+
+  @classmethod
+  def from_config(cls, model_cfg, vocab_size: int) -> TransformerConfig:
+    """From a config's `model` section (an ml_collections.ConfigDict or any mapping); the
+    vocabulary size comes from the tokenizer. `attn_dropout` and `init_std` are optional."""
+    get = model_cfg.get
+    return cls(vocab_size=int(vocab_size), num_layers=int(model_cfg.num_layers),
+               num_heads=int(model_cfg.num_heads), d_model=int(model_cfg.d_model),
+               mlp_dim=int(model_cfg.mlp_dim), mlp=str(model_cfg.mlp),
+               dropout=float(model_cfg.dropout), attn_dropout=float(get('attn_dropout', 0.)),
+               max_len=int(model_cfg.max_len), rope_base=float(model_cfg.rope_base),
+               dtype=str(model_cfg.dtype), init_std=float(get('init_std', 0.02)))
+
+
+def param_count(cfg: TransformerConfig) -> int:
+  """Parameters of `Transformer(cfg)`, from the config alone (the tied embedding counted once)."""
+  d, m = cfg.d_model, cfg.hidden_dim
+  mlp = (3 if cfg.mlp == 'swiglu' else 2) * d * m
+  per_layer = 4 * d * d + mlp + 2 * d               # qkv + out, MLP, two norm scales
+  return cfg.vocab_size * d + cfg.num_layers * per_layer + d
+
+
+def num_params(params) -> int:
+  """Number of scalars in a parameter pytree."""
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def flops_per_token(cfg: TransformerConfig, seq_len: int) -> float:
+  """Training FLOPs (forward + backward) per token at sequence length `seq_len`, as in PaLM
+  (Chowdhery et al. 2022, appendix B): 6 N + 12 L d T. N counts the tied embedding once, which
+  is the logits matmul's cost (the input lookup is free); the attention term (scores and
+  weighted sum) is not halved for causality, by that convention. For MFU."""
+  return 6. * param_count(cfg) + 12. * cfg.num_layers * cfg.d_model * seq_len
+
+
+# --- KV cache -------------------------------------------------------------------------------------
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of every layer for `max_len` slots, written left to right.
+
+  k, v:  [num_layers, B, max_len, num_heads, head_dim], keys already rotated (RoPE at their
+         own positions), so a cached key never needs its position again.
+  mask:  [B, max_len] bool, True where a slot holds a real token: padding slots and slots not yet
+         written are False and never attended to.
+  index: int32 scalar, the next slot to write (the same for every row: rows are left-padded).
+  """
+  k: jax.Array
+  v: jax.Array
+  mask: jax.Array
+  index: jax.Array
+
+  @property
+  def max_len(self) -> int:
+    return self.k.shape[2]
+
+
+def init_cache(cfg: TransformerConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
+  """An empty cache of `max_len` slots (default dtype: the compute dtype). Writing past
+  `max_len` is not checked inside jit (dynamic_update_slice would clamp): size it to hold the
+  prompt and every generated token."""
+  dtype = cfg.compute_dtype if dtype is None else dtype
+  shape = (cfg.num_layers, batch, max_len, cfg.num_heads, cfg.head_dim)
+  return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                 mask=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
+
+
+# --- positions and RoPE ---------------------------------------------------------------------------
+def default_positions(mask, segment_ids=None, offset=0):
+  """Position of each token = number of real tokens before it (in its segment), plus `offset`
+  ([B] or scalar, e.g. the real tokens already in a cache). Padding gets the next position (or
+  0), which is harmless: padding is never attended to."""
+  mask = mask.astype(jnp.int32)
+  count = jnp.cumsum(mask, axis=1) - mask                     # real tokens strictly before
+  if segment_ids is not None:
+    # Subtract the count at each segment's first token (count is non-decreasing, so cummax
+    # carries the latest segment start forward).
+    start = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                             segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    count = count - jax.lax.cummax(jnp.where(start, count, 0), axis=1)
+  return count + jnp.reshape(jnp.asarray(offset, jnp.int32), (-1, 1))
+
+
+def apply_rope(x, positions, base: float = 10000.):
+  """Rotary embedding in the rotate-half layout: x [B, T, H, D], positions [B, T]. Dimension i
+  and i + D/2 form a pair rotated by angle pos * base^(-2i/D). Computed in float32."""
+  d = x.shape[-1]
+  inv_freq = base ** (-jnp.arange(0, d // 2, dtype=jnp.float32) * 2. / d)       # [D/2]
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq                   # [B, T, D/2]
+  cos = jnp.concatenate([jnp.cos(angles)] * 2, -1)[:, :, None, :]
+  sin = jnp.concatenate([jnp.sin(angles)] * 2, -1)[:, :, None, :]
+  xf = x.astype(jnp.float32)
+  x1, x2 = jnp.split(xf, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return (xf * cos + rotated * sin).astype(x.dtype)
+
+
+# --- layers ---------------------------------------------------------------------------------------
+class Attention(nn.Module):
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x, positions, attn_mask, layer_cache, deterministic: bool):
+    """x [B, T, d]; attn_mask [B, T, S] (True = may attend); layer_cache None or
+    (k, v, layer, index) with the all-layer cache arrays k, v [L, B, S, H, D]. Returns
+    (out [B, T, d], the updated (k, v) or None)."""
+    cfg, dt = self.cfg, self.cfg.compute_dtype
+    b, t, _ = x.shape
+    h, hd = cfg.num_heads, cfg.head_dim
+    init = nn.initializers.normal(cfg.init_std)
+    out_init = nn.initializers.normal(cfg.init_std / math.sqrt(2 * cfg.num_layers))
+    qkv = nn.Dense(3 * cfg.d_model, use_bias=False, dtype=dt, kernel_init=init, name='qkv')(x)
+    q, k, v = jnp.split(qkv.reshape(b, t, 3 * h, hd), 3, axis=2)        # [B, T, H, D] each
+    q = apply_rope(q, positions, cfg.rope_base)
+    k = apply_rope(k, positions, cfg.rope_base)
+    new_kv = None
+    if layer_cache is not None:
+      # Write this chunk into the all-layer arrays in place (one dynamic_update_slice each, no
+      # per-layer copies re-stacked), then attend over this layer's slots.
+      ck, cv, layer, index = layer_cache
+      start = (layer, 0, index, 0, 0)
+      ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], start)
+      cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], start)
+      new_kv = (ck, cv)
+      k, v = ck[layer], cv[layer]
+    scores = jnp.einsum('bthd,bshd->bhts', q, k.astype(dt),
+                        preferred_element_type=jnp.float32) / math.sqrt(hd)
+    # A finite minimum rather than -inf: a row with nothing to attend to (a padding query)
+    # becomes uniform instead of NaN; everywhere else exp underflows to exactly 0.
+    scores = jnp.where(attn_mask[:, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = nn.Dropout(cfg.attn_dropout, deterministic=deterministic)(probs)
+    out = jnp.einsum('bhts,bshd->bthd', probs.astype(dt), v.astype(dt)).reshape(b, t, -1)
+    out = nn.Dense(cfg.d_model, use_bias=False, dtype=dt, kernel_init=out_init, name='out')(out)
+    return out, new_kv
+
+
+class MLP(nn.Module):
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg, dt = self.cfg, self.cfg.compute_dtype
+    init = nn.initializers.normal(cfg.init_std)
+    out_init = nn.initializers.normal(cfg.init_std / math.sqrt(2 * cfg.num_layers))
+    dense = lambda n, name, kinit=init: nn.Dense(n, use_bias=False, dtype=dt, kernel_init=kinit,
+                                                 name=name)
+    if cfg.mlp == 'swiglu':
+      z = nn.silu(dense(cfg.hidden_dim, 'gate')(x)) * dense(cfg.hidden_dim, 'up')(x)
+    else:
+      z = nn.gelu(dense(cfg.hidden_dim, 'up')(x))
+    return dense(cfg.d_model, 'down', out_init)(z)
+
+
+class Block(nn.Module):
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x, positions, attn_mask, layer_cache, deterministic: bool):
+    cfg, dt = self.cfg, self.cfg.compute_dtype
+    drop = lambda y: nn.Dropout(cfg.dropout, deterministic=deterministic)(y)
+    y, new_kv = Attention(cfg, name='attn')(nn.RMSNorm(dtype=dt, name='norm_attn')(x), positions,
+                                            attn_mask, layer_cache, deterministic)
+    x = x + drop(y)
+    x = x + drop(MLP(cfg, name='mlp')(nn.RMSNorm(dtype=dt, name='norm_mlp')(x)))
+    return x, new_kv
+
+
+class Transformer(nn.Module):
+  """Decoder-only LM. See the module docstring; call signature in `__call__`."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, tokens, positions=None, mask=None, segment_ids=None,
+               cache: KVCache | None = None, deterministic: bool = True):
+    """Logits for every position, and the updated cache.
+
+    Args:
+      tokens: [B, T] int token ids.
+      positions: [B, T] int rotary positions; default: the number of real tokens before each
+        token (in its segment; plus the real tokens already in `cache`).
+      mask: [B, T] bool, False on padding (never attended to); default all True.
+      segment_ids: [B, T] int for packed training sequences: a token attends only within its
+        segment (contiguous runs of equal ids). Not with `cache`.
+      cache: None for training / scoring (plain causal attention over the T tokens). Otherwise
+        the T tokens are written at slots index..index+T-1 and attend to every earlier real
+        slot; the returned cache has index + T.
+      deterministic: False applies dropout (needs the 'dropout' rng).
+
+    Returns:
+      (logits [B, T, vocab] float32, new cache or None).
+    """
+    cfg, dt = self.cfg, self.cfg.compute_dtype
+    chex.assert_rank(tokens, 2)
+    b, t = tokens.shape
+    mask = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
+    chex.assert_shape(mask, (b, t))
+    if cache is None and t > cfg.max_len:
+      raise ValueError(f'Transformer: sequence length {t} exceeds max_len={cfg.max_len}')
+    if cache is not None and segment_ids is not None:
+      raise ValueError('Transformer: segment_ids (packed sequences) are not supported with a cache')
+
+    if cache is None:
+      attn_mask = jnp.tril(jnp.ones((t, t), bool))[None] & mask[:, None, :]
+      if segment_ids is not None:
+        chex.assert_shape(segment_ids, (b, t))
+        attn_mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
+      offset = 0
+    else:
+      chex.assert_shape(cache.mask, (b, None))
+      slots = jnp.arange(cache.max_len)
+      cache_mask = jax.lax.dynamic_update_slice(cache.mask, mask, (0, cache.index))
+      causal = slots[None, :] <= (cache.index + jnp.arange(t))[:, None]         # [T, S]
+      attn_mask = causal[None] & cache_mask[:, None, :]                            # [B, T, S]
+      offset = jnp.sum(cache.mask, axis=1)
+    if positions is None:
+      positions = default_positions(mask, segment_ids, offset)
+    chex.assert_shape(positions, (b, t))
+
+    embedding = self.param('embedding', nn.initializers.normal(cfg.init_std),
+                           (cfg.vocab_size, cfg.d_model), jnp.float32)
+    x = jnp.take(embedding, tokens, axis=0).astype(dt)
+    x = nn.Dropout(cfg.dropout, deterministic=deterministic)(x)
+    kv = None if cache is None else (cache.k, cache.v)
+    for i in range(cfg.num_layers):
+      layer_cache = None if kv is None else (*kv, i, cache.index)
+      x, kv = Block(cfg, name=f'block_{i}')(x, positions, attn_mask, layer_cache, deterministic)
+    x = nn.RMSNorm(dtype=dt, name='norm_out')(x)
+    logits = jnp.einsum('btd,vd->btv', x, embedding.astype(dt),
+                        preferred_element_type=jnp.float32)
+    chex.assert_shape(logits, (b, t, cfg.vocab_size))
+
+    new_cache = None
+    if cache is not None:
+      new_cache = KVCache(k=kv[0], v=kv[1], mask=cache_mask, index=cache.index + t)
+    return logits.astype(jnp.float32), new_cache
