@@ -76,6 +76,15 @@ class Family(abc.ABC):
     """Host-side transform of a batch by the curriculum value at the current step."""
     return batch
 
+  def finalize_eval(self, means: Mapping[str, float]) -> dict:
+    """Metrics derived from the split-wide means of `eval_step`'s outputs (ratios of sums, e.g.
+    bits per token = mean nll sum / mean token count, exact for padded final batches)."""
+    return {}
+
+  def sample_text(self, samples: Mapping[str, Any]) -> list[str]:
+    """Text of host-side samples (the LM decodes its tokens); written to samples/*.txt."""
+    return []
+
   def host_eval(self, state: PyTree, eval_batches, key: jax.Array) -> dict:
     """Extra eval that is not a per-example mean (a family may override). Runs on the host
     with jitted pieces of its own; returns scalar metrics."""

@@ -105,6 +105,18 @@ class MetricWriter:
     image_lib.save_npz(path, arrays)
     return path
 
+  def write_text(self, step: int, name: str, texts: list[str]) -> str | None:
+    """samples/<name>_<step>.txt (one sample per block) and a TensorBoard text summary."""
+    if not self.is_main:
+      return None
+    path = os.path.join(self.workdir, 'samples', f'{name}_{step:07d}.txt')
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    body = '\n\n'.join(f'--- sample {i} ---\n{t}' for i, t in enumerate(texts))
+    with open(path, 'w') as f:
+      f.write(body + '\n')
+    self._tb.add_text(name, body, step)
+    return path
+
   def write_json(self, name: str, obj: dict) -> None:
     if self.is_main:
       with open(os.path.join(self.workdir, name), 'w') as f:

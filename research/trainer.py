@@ -113,6 +113,7 @@ def evaluate(exp: Experiment, state, key) -> dict:
       sums[k] = sums.get(k, 0.0) + float(np.sum(np.asarray(v, np.float64) * mask))
     count += float(mask.sum())
   metrics = {k: v / count for k, v in sums.items()} | {'num_examples': int(count)}
+  metrics |= exp.family.finalize_eval(metrics)
   return metrics | exp.family.host_eval(state, _eval_batches(exp.config), key)
 
 
@@ -124,6 +125,8 @@ def write_samples(exp: Experiment, state, key, writer: MetricWriter, step: int) 
     samples = {k: v[:exp.config.eval.num_samples] for k, v in samples.items()}
     if 'images' in samples:
       writer.write_images(step, {'samples': samples['images']})
+    if texts := exp.family.sample_text(samples):
+      out['text'] = writer.write_text(step, 'samples', texts)
     out['npz'] = writer.write_arrays(step, 'samples', samples)
   batch = next(iter(_eval_batches(exp.config)))
   grids = parallel.to_host(exp.visualize(
@@ -346,4 +349,7 @@ def sample_checkpoint(config, workdir: str, step: int = -1) -> dict:
   out = write_samples(exp, state, sample_key, writer, step)
   writer.close()
   logging.info('samples at step %d written under %s/samples', step, workdir)
+  if out.get('text') and jax.process_index() == 0:  # text samples: the user asked to read them
+    with open(out['text']) as f:
+      print(f.read(), end='')
   return out

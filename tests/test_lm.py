@@ -1,0 +1,135 @@
+"""The LM family in the harness: data-parallel step, exact held-out bits/char, curriculum by
+sequence length, sampling from the CLI, config errors."""
+import math
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from research import configs, parallel, trainer
+from research.data import datasets, pipeline, text
+from tests.helpers import cli, load_config
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('lm_data'))
+
+
+def tiny(data_dir, **data):
+  c = load_config('lm_shakespeare_char')
+  c.data.data_dir = data_dir
+  c.data.seq_len = 32
+  c.model.update(num_layers=2, num_heads=2, d_model=32, dropout=0.0)
+  c.train.update(batch_size=8, num_steps=6, log_every=3, eval_every=6, sample_every=6,
+                 checkpoint_every=6)
+  c.optimizer.schedule.warmup_steps = 2
+  c.data.num_eval_examples = 40
+  c.eval.batch_size = 16
+  c.eval.num_samples = 2
+  c.sample.max_new_tokens = 12
+  for k, v in data.items():
+    c.data[k] = v
+  return c
+
+
+def test_two_device_step_equals_one_device_step(data_dir):
+  assert jax.device_count() == 2
+  c = tiny(data_dir)
+  c.optimizer.grad_accum_steps = 2       # the scan over microbatches, on each device
+  configs.validate(c, 2)
+  batch = next(pipeline.train_iterator(c.data, c.train.batch_size, c.seed))
+  out = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = parallel.make_mesh(devices)
+    exp = trainer.build(c, mesh)
+    state = exp.init(jax.random.key(0), parallel.host_batch_to_global(batch, mesh))
+    for i in range(2):
+      state, metrics = exp.train_step(state, parallel.host_batch_to_global(batch, mesh),
+                                      jax.random.key(i))
+    out.append(parallel.to_host((state.params, metrics)))
+  chex.assert_trees_all_close(out[0], out[1], atol=1e-5, rtol=1e-5)
+  assert out[0][1]['loss'] < math.log(text.tokenizer(c.data).vocab_size) + 0.5
+
+
+def test_eval_scores_every_held_out_character_once(data_dir):
+  """bits/char = NLL sum / characters of the held-out plays: the eval's character count is the
+  text's, for characters and for BPE pieces alike."""
+  results = {}
+  for tok in ('char', 'bpe'):
+    c = tiny(data_dir, tokenizer=tok, vocab_size=512)
+    c.data.num_eval_examples = -1
+    c.data.seq_len = 256
+    c.eval.batch_size = 256
+    configs.validate(c, 2)
+    exp = trainer.build(c)
+    state = trainer.init_state(exp, trainer._train_iterator(c))
+    m = trainer.evaluate(exp, state, jax.random.key(0))
+    n_windows = datasets.info(c.data).num_eval
+    chars = sum(len(t) for _, t in text.documents(c.data, 'test'))
+    assert m['num_chars'] * n_windows == pytest.approx(chars, abs=0.5)
+    assert m['bits_per_char'] == pytest.approx(m['nll_sum'] / m['num_chars'] / math.log(2))
+    # Every scored token spells its characters, except the plays' BOS/EOS: 3 held-out plays,
+    # the first BOS is never a target.
+    plays = len(text.documents(c.data, 'test'))
+    if tok == 'char':
+      assert (m['num_tokens'] - m['num_chars']) * n_windows == pytest.approx(2 * plays - 1)
+    results[tok] = m
+  char = results['char']
+  assert char['bits_per_char'] * char['num_chars'] == pytest.approx(
+      char['bits_per_token'] * char['num_tokens'])
+  assert results['bpe']['num_tokens'] < results['bpe']['num_chars']
+  # An untrained model is near uniform: log2(vocab) bits per token.
+  v = text.tokenizer(tiny(data_dir).data).vocab_size
+  assert abs(results['char']['bits_per_token'] - math.log2(v)) < 0.5
+
+
+def test_curriculum_cuts_sequences_to_its_length(data_dir):
+  c = tiny(data_dir)
+  c.curriculum.update(name='piecewise', boundaries='3', levels='8,32')
+  configs.validate(c, 2)
+  lengths = []
+  trainer.train(c, data_dir + '/curriculum_run', on_step=lambda s, b: None)
+  fam = configs.family_class('lm')(c)
+  batch = next(pipeline.train_iterator(c.data, c.train.batch_size, c.seed))
+  for level in (8, 32):
+    cut = fam.apply_curriculum(batch, level)
+    lengths.append(cut['tokens'].shape[1])
+    np.testing.assert_array_equal(cut['tokens'], batch['tokens'][:, :level + 1])
+  assert lengths == [9, 33]
+  c.curriculum.end = 64
+  with pytest.raises(configs.ConfigError, match='curriculum.end'):
+    configs.validate(c, 2)
+
+
+def test_train_then_sample_from_the_cli(data_dir, tmp_path):
+  work = str(tmp_path / 'run')
+  args = ['--config=experiments/lm_shakespeare_char/config.py', f'--workdir={work}',
+          f'--config.data.data_dir={data_dir}', '--config.data.seq_len=32',
+          '--config.model.num_layers=1', '--config.model.d_model=32', '--config.model.num_heads=2',
+          '--config.train.batch_size=8', '--config.train.num_steps=4',
+          '--config.train.log_every=2', '--config.train.eval_every=4',
+          '--config.train.sample_every=4', '--config.train.checkpoint_every=4',
+          '--config.optimizer.schedule.warmup_steps=1', '--config.data.num_eval_examples=16',
+          '--config.eval.batch_size=16', '--config.sample.max_new_tokens=10']
+  cli(args)
+  out = cli(args + ['--mode=sample', '--config.prompt=ROMEO. ', '--config.eval.num_samples=3'])
+  samples = [l for l in out.stdout.splitlines() if l.startswith('ROMEO. ')]
+  assert len(samples) == 3, out.stdout
+  assert any(len(s) > len('ROMEO. ') for s in samples)
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('model.d_model', 30, 'model.d_model'),
+    ('sample.max_new_tokens', 32, 'sample.max_new_tokens'),
+    ('model.max_len', 16, 'model.max_len'),
+    ('model.mlp', 'relu', 'model.mlp'),
+])
+def test_config_errors_name_the_field(data_dir, field, value, match):
+  c = tiny(data_dir)
+  section, name = field.split('.')
+  c[section][name] = value
+  with pytest.raises(configs.ConfigError, match=match) as e:
+    configs.validate(c, 2)
+  assert '\n' not in str(e.value)
