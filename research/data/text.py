@@ -1,4 +1,5 @@
-"""Text datasets for the language models (`datasets.is_text`: 'shakespeare').
+"""Text datasets for the language models (`datasets.is_text`: 'shakespeare', and the dialogue
+dataset 'shakespeare_dialogue' for supervised fine-tuning).
 
 Documents: the examples of a split ({'name', 'text'} as UTF-8 bytes, research/data/builders),
 in name order.
@@ -28,6 +29,38 @@ the windows every epoch), host sharding, exact resume and eval padding are the p
 
 Dialogue (`speeches`, `dialogue_pairs`): the speeches of a play in Project Gutenberg format, and
 (one speech, the next speaker's reply) pairs for supervised fine-tuning.
+
+Supervised fine-tuning data (`datasets.is_dialogue`: 'shakespeare_dialogue'): the same plays and
+the same held-out split by play as 'shakespeare', and the same tokenizer as a model pretrained on
+it: a dialogue dataset's tokenizer is the one of its corpus ('shakespeare') fit on the corpus's
+'train' split (`DIALOGUE_TOKENIZER_SPLIT`), whatever data.train_split says, so a checkpoint of
+`experiments/lm_shakespeare_char` has the same vocabulary (the same cache directory, too).
+`tokenizer_mismatch` compares two data configs' tokenizers without building them. One example
+per (prompt, response) pair of `dialogue_pairs`, over the split's plays in name order and each
+play's pairs in play order (`pairs`), formatted as one sequence of L + 1 tokens (`encode_pair`):
+
+  BOS  encode(prompt + '\n\n')  encode(response)  EOS  pad ... pad
+
+The blank line (`SEPARATOR`) never occurs inside a speech, so it marks the turn; the prompt side
+ends with it and the model learns to answer after it (prompt a fine-tuned model with
+config.prompt = 'a speech\n\n'). encode(prompt + '\n\n') + encode(response) is the encoding
+of the joined text for every tokenizer kind ('\n' is a piece of its own in BPE). `loss_mask`
+[L] is 1 exactly on the targets that are response tokens or its EOS (the response-only loss),
+0 on the prompt, the separator and the padding. Long pairs are truncated, never dropped: the
+response keeps its start and the prompt its end (the words next to the reply). The prompt side
+keeps all its tokens if they fit next to the whole response, else its last
+max(L - response tokens, L // 2) tokens (at least half the window when the response is long);
+the response then keeps the first tokens that fit and loses its EOS when cut (a cut reply is
+not taught to stop). `pair_stats(data_cfg, split)` counts the truncated pairs; at L = 128 with
+the char tokenizer 37% of the pairs fit whole, at L = 256 66%.
+
+Batches come from the same pipeline (a `PairReader` whose rows are the pair sequences; its
+`row_entries` give the mask, so shuffling, host sharding, exact resume and eval padding are the
+pipeline's, as for the windows):
+  train: {'tokens': int32 [B_host, L + 1], 'loss_mask': float32 [B_host, L]}
+  eval:  the same plus 'mask' float32 [B_host] (padding examples have loss_mask 0)
+`info(data_cfg)` counts pairs (num_eval_examples caps the eval pairs), so the LM's held-out
+bits/token and bits/char are over the response tokens and characters only.
 """
 from __future__ import annotations
 
@@ -57,23 +90,47 @@ def _documents(name: str, source: str, data_dir: str, split: str) -> tuple[tuple
   return tuple(sorted(docs))
 
 
+def _corpus(name: str) -> str:
+  """The text dataset whose documents a dataset reads (a dialogue dataset's corpus; itself)."""
+  return datasets.DIALOGUE_NAMES.get(name, name)
+
+
 def documents(data_cfg, split: str) -> list[tuple[str, str]]:
   """(name, text) of every document of `split` (a TFDS split spec), in name order."""
   datasets.validate(data_cfg)
-  return list(_documents(data_cfg.name, data_cfg.source, data_cfg.data_dir, split))
+  return list(_documents(_corpus(data_cfg.name), data_cfg.source, data_cfg.data_dir, split))
 
 
 def train_text(data_cfg) -> str:
-  """The text the tokenizer is fit on: the documents of data.train_split, joined by newlines."""
-  return '\n'.join(t for _, t in documents(data_cfg, data_cfg.train_split))
+  """The text the tokenizer is fit on: the documents of data.train_split, joined by newlines (a
+  dialogue dataset: of its corpus's DIALOGUE_TOKENIZER_SPLIT)."""
+  split = (DIALOGUE_TOKENIZER_SPLIT if datasets.is_dialogue(data_cfg.name)
+           else data_cfg.train_split)
+  return '\n'.join(t for _, t in documents(data_cfg, split))
 
 
 def _tokenizer_key(data_cfg) -> tuple:
   kind = data_cfg.get('tokenizer', datasets.TEXT_DEFAULTS['tokenizer'])
   vocab_size = data_cfg.get('vocab_size', datasets.TEXT_DEFAULTS['vocab_size'])
   vocab_size = vocab_size if kind == 'bpe' else 0  # the other kinds do not use it
+  if datasets.is_dialogue(data_cfg.name):  # its corpus's pretraining tokenizer (see above)
+    return (_corpus(data_cfg.name), data_cfg.source, data_cfg.data_dir,
+            DIALOGUE_TOKENIZER_SPLIT, kind, vocab_size)
   return (data_cfg.name, data_cfg.source, data_cfg.data_dir, data_cfg.train_split, kind,
           vocab_size)
+
+
+def tokenizer_mismatch(data_cfg, other) -> tuple[str, object, object] | None:
+  """None when the data configs `data_cfg` and `other` give the same tokenizer (the same corpus,
+  source, fitting split, kind and BPE size; data_dir may differ, as on another machine), else
+  (the data field that makes them differ, its effective value for data_cfg -- e.g. the corpus,
+  or the split a dialogue tokenizer is fit on --, and for other). Cheap: builds nothing."""
+  a, b = _tokenizer_key(data_cfg), _tokenizer_key(other)
+  for i, name in ((0, 'name'), (1, 'source'), (3, 'train_split'), (4, 'tokenizer'),
+                  (5, 'vocab_size')):
+    if a[i] != b[i]:
+      return f'data.{name}', a[i], b[i]
+  return None
 
 
 @functools.lru_cache(maxsize=8)
@@ -175,16 +232,21 @@ def _cached_reader(tok_key: tuple, split: str, seq_len: int, train: bool) -> Win
   return WindowReader(_cached_stream(tok_key, split), seq_len, train)
 
 
-def reader(data_cfg, split: str, train: bool = False) -> WindowReader:
-  """The windows of `split`: full ones (train=True) or all of them, the last padded (eval)."""
+def reader(data_cfg, split: str, train: bool = False) -> WindowReader | PairReader:
+  """The windows of `split`: full ones (train=True) or all of them, the last padded (eval).
+  A dialogue dataset: the (prompt, response) sequences of `split` (a `PairReader`, all of them
+  for train and eval alike)."""
   datasets.validate(data_cfg)
+  if datasets.is_dialogue(data_cfg.name):
+    return _cached_pair_reader(_tokenizer_key(data_cfg), split, int(data_cfg.seq_len))
   return _cached_reader(_tokenizer_key(data_cfg), split, int(data_cfg.seq_len), train)
 
 
 def info(data_cfg) -> datasets.DatasetInfo:
   """Windows of shape (seq_len + 1,) under 'tokens': num_train full windows of train_split,
   num_eval windows of eval_split (padded; at most num_eval_examples). Prepares the data and the
-  tokenizer and tokenizes both splits on first use (cached)."""
+  tokenizer and tokenizes both splits on first use (cached). A dialogue dataset counts pairs
+  (all of them for num_train; num_eval_examples caps the eval pairs)."""
   num_eval = reader(data_cfg, data_cfg.eval_split).num_examples
   if data_cfg.num_eval_examples != -1:
     num_eval = min(num_eval, data_cfg.num_eval_examples)
@@ -292,3 +354,100 @@ def dialogue_pairs(play_text: str) -> list[tuple[str, str]]:
   s = speeches(play_text)
   return [(a.text, b.text) for a, b in zip(s, s[1:])
           if a.scene == b.scene and a.speaker != b.speaker]
+
+
+# ---------------------------------------------------------------------------------------------
+# Supervised fine-tuning: dialogue pairs as token sequences (see the module docstring)
+
+SEPARATOR = '\n\n'                  # ends the prompt side; never occurs inside a speech
+DIALOGUE_TOKENIZER_SPLIT = 'train'   # a dialogue dataset's tokenizer: its corpus's, fit on this
+
+
+def pairs(data_cfg, split: str) -> list[tuple[str, str]]:
+  """The (prompt, response) pairs of `split`: `dialogue_pairs` of its plays, in name order (row i
+  of the split's `PairReader` is pair i)."""
+  return [p for _, t in documents(data_cfg, split) for p in dialogue_pairs(t)]
+
+
+class EncodedPair(NamedTuple):
+  tokens: np.ndarray      # int32 [seq_len + 1]: BOS prompt SEPARATOR response EOS pad ...
+  loss_mask: np.ndarray   # float32 [seq_len]: 1 on the targets that are response tokens / EOS
+  prompt_cut: int         # tokens dropped from the start of the prompt side
+  response_cut: int       # tokens dropped from the end of the response side (EOS included)
+
+
+def encode_pair(tok: tokenizers.Tokenizer, prompt: str, response: str,
+                seq_len: int) -> EncodedPair:
+  """One sequence of seq_len + 1 tokens and its response-only loss mask (the format and the
+  truncation rule are in the module docstring)."""
+  ctx = tok.encode_array(prompt + SEPARATOR)
+  resp = np.append(tok.encode_array(response), tokenizers.EOS).astype(np.int32)
+  room = seq_len                                        # positions after BOS
+  keep_ctx = min(len(ctx), max(room - len(resp), room // 2))
+  keep_resp = min(len(resp), room - keep_ctx)
+  tokens = np.full(seq_len + 1, tokenizers.PAD, np.int32)
+  tokens[0] = tokenizers.BOS
+  tokens[1:1 + keep_ctx] = ctx[len(ctx) - keep_ctx:]
+  tokens[1 + keep_ctx:1 + keep_ctx + keep_resp] = resp[:keep_resp]
+  loss_mask = np.zeros(seq_len, np.float32)
+  loss_mask[keep_ctx:keep_ctx + keep_resp] = 1.0       # target t is tokens[t + 1]
+  return EncodedPair(tokens, loss_mask, len(ctx) - keep_ctx, len(resp) - keep_resp)
+
+
+class PairReader(pipeline._Reader):  # pylint: disable=protected-access
+  """rows(indices) -> (int32 sequences [n, seq_len + 1], None): pairs of a dialogue split;
+  row_entries(indices) -> {'loss_mask': float32 [n, seq_len]} (response-only). No labels."""
+  key = 'tokens'
+
+  # pylint: disable-next=super-init-not-called
+  def __init__(self, tokens: np.ndarray, loss_mask: np.ndarray):
+    self._source, self._arrays = None, None   # not an image reader: rows come from the arrays
+    self._tokens, self._loss_mask = tokens, loss_mask
+    self.num_examples = len(tokens)
+    self.seq_len = tokens.shape[1] - 1
+
+  def rows(self, indices: np.ndarray):
+    return self._tokens[np.asarray(indices, np.int64)], None
+
+  @staticmethod
+  def to_features(rows: np.ndarray) -> np.ndarray:
+    return rows
+
+  def row_entries(self, indices: np.ndarray) -> dict:
+    return {'loss_mask': self._loss_mask[np.asarray(indices, np.int64)]}
+
+
+@functools.lru_cache(maxsize=8)
+def _encoded_pairs(tok_key: tuple, split: str, seq_len: int) -> tuple:
+  """(tokens [N, L + 1], loss_mask [N, L], cuts [N, 2] = (prompt_cut, response_cut)), read-only."""
+  tok = _cached_tokenizer(*tok_key)[0]
+  corpus, source, data_dir = tok_key[:3]
+  enc = [encode_pair(tok, p, r, seq_len)
+         for _, t in _documents(corpus, source, data_dir, split) for p, r in dialogue_pairs(t)]
+  tokens = np.zeros((len(enc), seq_len + 1), np.int32)
+  loss_mask = np.zeros((len(enc), seq_len), np.float32)
+  cuts = np.zeros((len(enc), 2), np.int64)
+  for i, e in enumerate(enc):
+    tokens[i], loss_mask[i], cuts[i] = e.tokens, e.loss_mask, (e.prompt_cut, e.response_cut)
+  for a in (tokens, loss_mask, cuts):
+    a.setflags(write=False)
+  return tokens, loss_mask, cuts
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_pair_reader(tok_key: tuple, split: str, seq_len: int) -> PairReader:
+  tokens, loss_mask, _ = _encoded_pairs(tok_key, split, seq_len)
+  return PairReader(tokens, loss_mask)
+
+
+def pair_stats(data_cfg, split: str) -> dict:
+  """A dialogue split's pairs, how many were truncated on the prompt side and on the response
+  side, and the response tokens (targets) the loss counts."""
+  datasets.validate(data_cfg)
+  if not datasets.is_dialogue(data_cfg.name):
+    raise ValueError(f'pair_stats: {data_cfg.name!r} is not a dialogue dataset; use one of '
+                     f'{sorted(datasets.DIALOGUE_NAMES)}')
+  _, loss_mask, cuts = _encoded_pairs(_tokenizer_key(data_cfg), split, int(data_cfg.seq_len))
+  return {'pairs': len(loss_mask), 'prompt_truncated': int((cuts[:, 0] > 0).sum()),
+          'response_truncated': int((cuts[:, 1] > 0).sum()),
+          'response_tokens': int(loss_mask.sum())}

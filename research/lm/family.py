@@ -11,11 +11,19 @@
   perplexity over the whole split (ratios of sums; padded windows count nothing).
 - Sample: `config.prompt` (default: the start of a document) continued by the KV-cache sampler
   (research/lm/generate.py) with `config.sample.*`; the text goes to samples/*.txt.
+- Fine-tuning (experiments/sft_shakespeare_dialogue): `config.init_from.workdir` starts from a
+  pretrained LM's checkpoint (the harness copies every parameter by path); `validate_config`
+  checks first, from that run's saved config, that its tokenizer is this run's (else the
+  vocabularies differ: one ConfigError naming the data field). `model.lora_rank` > 0 trains
+  LoRA adapters on the attention and MLP kernels with the base frozen (research/lm/lora.py);
+  `model_params(params)` is the plain tree the network runs with.
 """
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
 from typing import Mapping
 
 import jax
@@ -25,9 +33,11 @@ import numpy as np
 import optax
 
 from research import configs, optim, parallel
+from research.data import datasets
 from research.data import text as text_data
 from research.family import Family
 from research.lm import generate as gen
+from research.lm import lora
 from research.lm import model as model_lib
 from research.train_state import TrainState, standard_train_step
 
@@ -39,6 +49,8 @@ class LM(Family):
     self.tokenizer = text_data.tokenizer(config.data)
     self.model_cfg = model_config(config, self.tokenizer.vocab_size)
     self.net = model_lib.Transformer(self.model_cfg)
+    self.lora_rank = int(config.model.get('lora_rank', 0))
+    self.lora_alpha = float(config.model.get('lora_alpha', 16.0))
     # Characters each token spells (0 for specials): bits/char from any tokenizer's NLL.
     self._token_chars = jnp.asarray(self.tokenizer.char_lengths(), jnp.float32)
 
@@ -58,6 +70,9 @@ class LM(Family):
     c.model.rope_base = 10000.0
     c.model.dtype = 'float32'         # compute dtype: float32 | bfloat16 (params stay float32)
     c.model.init_std = 0.02
+    c.model.lora_rank = 0             # > 0: LoRA adapters of this rank on the attention and MLP
+                                      # kernels, base frozen (research/lm/lora.py); 0 = off
+    c.model.lora_alpha = 16.0         # LoRA: the adapters are scaled by lora_alpha / lora_rank
 
     c.prompt = ''                     # text to continue at sample time ('' = a fresh document)
     c.sample = ml_collections.ConfigDict()
@@ -99,13 +114,23 @@ class LM(Family):
         configs.require(v <= seq_len, f'curriculum.{field}', v,
                         f'the curriculum value is a sequence length: must be <= data.seq_len='
                         f'{seq_len}')
+    configs.require(m.lora_rank >= 0, 'model.lora_rank', m.lora_rank, 'must be >= 0 (0 = off)')
+    configs.require(m.lora_alpha > 0, 'model.lora_alpha', m.lora_alpha,
+                    'must be > 0 (the adapters are scaled by lora_alpha / lora_rank)')
+    _check_init_from(config)
 
   # --- the network --------------------------------------------------------------------------
+  def model_params(self, params):
+    """The parameter tree the network runs with: `params` itself, or with LoRA the base with
+    the adapters merged in (gradients reach the adapters only)."""
+    return lora.merge(params, self.lora_alpha, self.lora_rank) if self.lora_rank else params
+
   def _apply(self, params, tokens, *, train: bool = False, key=None, **kw):
     # Dropout masks differ per device (device_key), so only dropout-free steps are bitwise
     # independent of the device count.
     rngs = {'dropout': parallel.device_key(key)} if train else None
-    return self.net.apply({'params': params}, tokens, deterministic=not train, rngs=rngs, **kw)
+    return self.net.apply({'params': self.model_params(params)}, tokens,
+                          deterministic=not train, rngs=rngs, **kw)
 
   def _loss(self, params, model_state, batch, key):
     tokens = batch['tokens']
@@ -121,7 +146,12 @@ class LM(Family):
   # --- Family -------------------------------------------------------------------------------
   def init_state(self, key, batch):
     params = self.net.init(key, batch['tokens'][:1, :-1])['params']
-    tx = optim.make(self.config.optimizer, self.config.train.num_steps)[0]
+    opt_cfg = self.config.optimizer
+    if self.lora_rank:  # adapters next to the base, which is frozen (research/lm/lora.py)
+      params = lora.add(params, self.lora_rank, jax.random.fold_in(key, 1))
+      opt_cfg = ml_collections.ConfigDict(opt_cfg.to_dict())
+      opt_cfg.frozen = ','.join(p for p in (opt_cfg.frozen.strip(), lora.FROZEN_BASE) if p)
+    tx = optim.make(opt_cfg, self.config.train.num_steps)[0]
     return TrainState.create(params, tx, ema_decay=self.config.optimizer.ema_decay)
 
   def train_step(self, state, batch, key):
@@ -170,7 +200,8 @@ class LM(Family):
       raise ValueError(f'config.prompt is {len(prompt)} tokens: no room left in '
                        f'model.max_len={self.model_cfg.max_len}; shorten it')
     prompts, mask = gen.pad_prompts([prompt] * num, self.tokenizer.pad_id)
-    out = gen.generate(self._bound_apply, self.eval_params(state), prompts, mask, key,
+    params = self.model_params(self.eval_params(state))
+    out = gen.generate(self._bound_apply, params, prompts, mask, key,
                        max_new_tokens=min(s.max_new_tokens, room), temperature=s.temperature,
                        top_k=s.top_k, top_p=s.top_p, greedy=s.greedy,
                        eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
@@ -195,3 +226,63 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> model_li
   m = ml_collections.ConfigDict(config.model.to_dict())
   m.max_len = m.max_len or config.data.seq_len
   return model_lib.TransformerConfig.from_config(m, vocab_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning from a pretrained run
+
+
+def source_config(workdir: str, step: int = -1) -> dict | None:
+  """The config (a JSON dict) another run saved: from its checkpoint `step` (-1 = the latest)
+  when that checkpoint's meta is readable, else its workdir's config.json; None if neither."""
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) if os.path.isdir(
+      ckpt_dir) else []
+  if step < 0 and steps:
+    step = steps[-1]
+  for path, key in ((os.path.join(ckpt_dir, str(step), 'meta', 'metadata'), 'config'),
+                    (os.path.join(workdir, 'config.json'), None)):
+    try:
+      with open(path) as f:
+        data = json.load(f)
+      return data[key] if key else data
+    except (OSError, ValueError, KeyError, TypeError):
+      continue
+  return None
+
+
+def _check_init_from(config: ml_collections.ConfigDict) -> None:
+  """One-line ConfigError when the run in config.init_from.workdir cannot initialise this one
+  as a whole: another family, another tokenizer (the vocabularies, hence the embedding, would
+  differ), or LoRA adapters this run would drop. Cheap: reads that run's saved config only."""
+  src = config.init_from
+  if not src.workdir:
+    return
+  other = source_config(src.workdir, src.step)
+  if other is None:  # no config saved: the harness's transfer still checks paths and shapes
+    return
+  where = f'the pretrained run in init_from.workdir={src.workdir!r}'
+  family = other.get('family')
+  configs.require(family == 'lm', 'init_from.workdir', src.workdir,
+                  f'is a {family!r} run, not an LM; start from an LM run\'s workdir')
+  data = ml_collections.ConfigDict(other.get('data', {}))
+  diff = text_data.tokenizer_mismatch(config.data, data)
+  if diff:
+    field, ours, theirs = diff
+    if field == 'data.train_split' and datasets.is_dialogue(config.data.name):
+      fix = (f'a dialogue dataset\'s tokenizer is fit on its corpus\'s '
+             f'{text_data.DIALOGUE_TOKENIZER_SPLIT!r} split: start from a run pretrained with '
+             f'data.train_split={text_data.DIALOGUE_TOKENIZER_SPLIT!r}')
+    elif field == 'data.name':
+      fix = 'pretrain on the same corpus'
+    else:
+      fix = f'fine-tune with --config.{field}={theirs}'
+    raise configs.ConfigError(
+        f'config.{field}={ours!r}: {where} used {field}={theirs!r}, another tokenizer whose '
+        f'vocabulary (token ids, embedding rows) is not this run\'s; {fix}')
+  their_rank = int(other.get('model', {}).get('lora_rank', 0) or 0)
+  ours = int(config.model.get('lora_rank', 0))
+  configs.require(their_rank == 0 or their_rank == ours, 'model.lora_rank', ours,
+                  f'{where} trained LoRA adapters of rank {their_rank}, which this run would '
+                  f'drop; use --config.model.lora_rank={their_rank}, or merge them first '
+                  '(research/lm/lora.py merge)')
