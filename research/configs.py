@@ -39,7 +39,8 @@ def common_defaults() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'fashion_mnist'   # fashion_mnist | mnist | digits | cifar10 | ring8 | grid25 |
-                                  # swiss_roll | shakespeare (text) (see research/data)
+                                  # swiss_roll | shakespeare | shakespeare_dialogue (text; see
+                                  # research/data)
   c.data.source = 'package'       # 'package': built offline from an installed package;
                                   # 'tfds': the standard TFDS catalog (cloud path, needs TF)
   c.data.data_dir = ''            # TFDS data_dir; '' = ~/tensorflow_datasets
