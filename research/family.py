@@ -85,6 +85,10 @@ class Family(abc.ABC):
     """Text of host-side samples (the LM decodes its tokens); written to samples/*.txt."""
     return []
 
+  def save_assets(self, workdir: str) -> None:
+    """Writes what a run needs besides its checkpoints and config (the LM: its tokenizer) into
+    `workdir`, once, on the first host, when training starts."""
+
   def host_eval(self, state: PyTree, eval_batches, key: jax.Array) -> dict:
     """Extra eval that is not a per-example mean (a family may override). Runs on the host
     with jitted pieces of its own; returns scalar metrics."""

@@ -247,6 +247,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
+    exp.family.save_assets(workdir)
   _, schedule = optim.make(config.optimizer, t.num_steps)
   cur = curriculum.make(config.curriculum)
   n_params = sum(np.size(x) for x in jax.tree.leaves(getattr(state, 'params', state)))

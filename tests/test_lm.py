@@ -114,6 +114,9 @@ def test_train_then_sample_from_the_cli(data_dir, tmp_path):
           '--config.optimizer.schedule.warmup_steps=1', '--config.data.num_eval_examples=16',
           '--config.eval.batch_size=16', '--config.sample.max_new_tokens=10']
   cli(args)
+  from research.lm import tokenizers  # pylint: disable=g-import-not-at-top
+  saved = tokenizers.load(str(tmp_path / 'run' / 'tokenizer'))   # the run is self-contained
+  assert saved == text.tokenizer(tiny(data_dir).data)
   out = cli(args + ['--mode=sample', '--config.prompt=ROMEO. ', '--config.eval.num_samples=3'])
   samples = [l for l in out.stdout.splitlines() if l.startswith('ROMEO. ')]
   assert len(samples) == 3, out.stdout

@@ -168,6 +168,10 @@ class LM(Family):
     return {'nll_sum': (nll * weights).sum(1), 'num_tokens': weights.sum(1),
             'num_chars': (self._token_chars[targets] * weights).sum(1)}
 
+  def save_assets(self, workdir: str) -> None:
+    # The run is self-contained: `tokenizers.load(RUN/tokenizer)` decodes its samples anywhere.
+    self.tokenizer.save(os.path.join(workdir, 'tokenizer'))
+
   def finalize_eval(self, means: Mapping[str, float]) -> dict:
     if not means.get('num_tokens'):
       return {}
