@@ -89,8 +89,11 @@ def test_curriculum_cuts_sequences_to_its_length(data_dir):
   c = tiny(data_dir)
   c.curriculum.update(name='piecewise', boundaries='3', levels='8,32')
   configs.validate(c, 2)
+  seen = []
+  trainer.train(c, data_dir + '/curriculum_run',
+                on_step=lambda s, b: seen.append(b['tokens'].shape[1]))
+  assert seen == [9, 9, 9, 33, 33, 33]     # what the train step got: 8 tokens, then 32
   lengths = []
-  trainer.train(c, data_dir + '/curriculum_run', on_step=lambda s, b: None)
   fam = configs.family_class('lm')(c)
   batch = next(pipeline.train_iterator(c.data, c.train.batch_size, c.seed))
   for level in (8, 32):
