@@ -85,6 +85,18 @@ class Family(abc.ABC):
     """Text of host-side samples (the LM decodes its tokens); written to samples/*.txt."""
     return []
 
+  def prepare_state(self, state: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
+    """A fresh run's state after init (and `init_from` transfer), before step 0; not called on
+    resume (the checkpoint holds the whole state). RLHF: the frozen reference copies the
+    starting policy, and the reward model is loaded from its run."""
+    return state
+
+  def host_metrics(self, outputs: Mapping[str, Any]) -> dict:
+    """Per-example eval metrics computed on the host from `eval_step`'s outputs (numpy, leading
+    dim = the global batch), e.g. a score of decoded text; must drop every output that is not
+    one number per example. Runs before the harness averages."""
+    return dict(outputs)
+
   def save_assets(self, workdir: str) -> None:
     """Writes what a run needs besides its checkpoints and config (the LM: its tokenizer) into
     `workdir`, once, on the first host, when training starts."""

@@ -109,6 +109,7 @@ def evaluate(exp: Experiment, state, key) -> dict:
     out, mask = exp.eval_step(state, parallel.host_batch_to_global(batch, exp.mesh),
                               jax.random.fold_in(key, i))
     out, mask = parallel.to_host((out, mask))
+    out = exp.family.host_metrics(out)
     for k, v in out.items():
       sums[k] = sums.get(k, 0.0) + float(np.sum(np.asarray(v, np.float64) * mask))
     count += float(mask.sum())
@@ -240,8 +241,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   if ckpt.latest_step() is not None:
     state, train_key = ckpt.restore(None, state, train_key, data_iter)
     logging.info('resumed from step %d in %s', int(state.step), workdir)
-  elif config.init_from.workdir:
-    state = _transfer(exp, state)
+  else:
+    if config.init_from.workdir:
+      state = _transfer(exp, state)
+    state = exp.family.prepare_state(state, exp.mesh)
   step = int(parallel.to_host(state.step))
   writer = MetricWriter(workdir, t.num_steps, t.batch_size)
   if jax.process_index() == 0:

@@ -252,8 +252,9 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, positions=None, mask=None, segment_ids=None,
-               cache: KVCache | None = None, deterministic: bool = True):
-    """Logits for every position, and the updated cache.
+               cache: KVCache | None = None, deterministic: bool = True,
+               return_hidden: bool = False):
+    """Logits for every position, and the updated cache (and the final hidden states).
 
     Args:
       tokens: [B, T] int token ids.
@@ -266,9 +267,12 @@ class Transformer(nn.Module):
         the T tokens are written at slots index..index+T-1 and attend to every earlier real
         slot; the returned cache has index + T.
       deterministic: False applies dropout (needs the 'dropout' rng).
+      return_hidden: also return the final (normed) hidden states, the features that scalar
+        heads read (RLHF's reward model and value head, research/rlhf/heads.py).
 
     Returns:
-      (logits [B, T, vocab] float32, new cache or None).
+      (logits [B, T, vocab] float32, new cache or None), plus hidden [B, T, d_model] float32
+      with return_hidden.
     """
     cfg, dt = self.cfg, self.cfg.compute_dtype
     chex.assert_rank(tokens, 2)
@@ -313,4 +317,6 @@ class Transformer(nn.Module):
     new_cache = None
     if cache is not None:
       new_cache = KVCache(k=kv[0], v=kv[1], mask=cache_mask, index=cache.index + t)
+    if return_hidden:
+      return logits.astype(jnp.float32), new_cache, x.astype(jnp.float32)
     return logits.astype(jnp.float32), new_cache
