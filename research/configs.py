@@ -28,6 +28,9 @@ FAMILIES = {
     'diffusion': 'research.diffusion.family:Diffusion',
     'gan': 'research.gan.family:GAN',
     'lm': 'research.lm.family:LM',
+    'reward_model': 'research.rlhf.reward_model:RewardModel',
+    'ppo': 'research.rlhf.ppo_family:PPO',
+    'dpo': 'research.rlhf.dpo:DPO',
 }
 
 
@@ -39,8 +42,9 @@ def common_defaults() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'fashion_mnist'   # fashion_mnist | mnist | digits | cifar10 | ring8 | grid25 |
-                                  # swiss_roll | shakespeare | shakespeare_dialogue (text; see
-                                  # research/data)
+                                  # swiss_roll | shakespeare | shakespeare_dialogue (SFT) |
+                                  # shakespeare_prompts (PPO prompts) | shakespeare_preferences
+                                  # (reward model / DPO pairs) (text; see research/data)
   c.data.source = 'package'       # 'package': built offline from an installed package;
                                   # 'tfds': the standard TFDS catalog (cloud path, needs TF)
   c.data.data_dir = ''            # TFDS data_dir; '' = ~/tensorflow_datasets
@@ -58,6 +62,10 @@ def common_defaults() -> ml_collections.ConfigDict:
   c.data.tokenizer = 'char'       # text: byte | char | bpe (research/lm/tokenizers.py)
   c.data.vocab_size = 2048        # text, tokenizer='bpe': sentencepiece vocabulary size
   c.data.seq_len = 256            # text: tokens of context per window (rows hold seq_len + 1)
+  c.data.records = ''             # shakespeare_preferences: the SQLite record store holding the
+                                  # preference pairs (research/records.py); '' for the others
+  c.data.preference_source = 'synthetic'  # shakespeare_preferences: the pairs' source, human |
+                                          # synthetic | model | all (never mixed unless 'all')
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adam'       # sgd | momentum | adam | adamw | adagrad | rmsprop | lamb

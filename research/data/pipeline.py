@@ -42,7 +42,12 @@ windows of a split's token stream (research/data/text.py): batches {'tokens': in
 [B, seq_len + 1]} with no label; eval batches add 'loss_mask' (float32 [B, seq_len]). Train reads
 only the full windows; eval pads the last one. Dialogue text (`datasets.is_dialogue`:
 shakespeare_dialogue): the reader's examples are (prompt, response) pairs, one padded sequence
-each, and its `row_entries` add the response-only 'loss_mask' to train batches too.
+each, and its `row_entries` add the response-only 'loss_mask' to train batches too. RLHF text:
+prompts (`datasets.is_prompts`: shakespeare_prompts) are rows {'tokens': int32 [B, seq_len]},
+BOS and the prompt's end LEFT-padded with PAD (mask = tokens != PAD; eval adds only 'mask');
+preference pairs (`datasets.is_preferences`: shakespeare_preferences, read from the record store
+config.data.records) put the chosen sequence under 'tokens' and `row_entries` add 'loss_mask',
+'rejected' (int32 [B, seq_len + 1]) and 'rejected_loss_mask', in train and eval batches alike.
 """
 from __future__ import annotations
 

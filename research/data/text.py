@@ -1,5 +1,7 @@
-"""Text datasets for the language models (`datasets.is_text`: 'shakespeare', and the dialogue
-dataset 'shakespeare_dialogue' for supervised fine-tuning).
+"""Text datasets for the language models (`datasets.is_text`: 'shakespeare', the dialogue
+dataset 'shakespeare_dialogue' for supervised fine-tuning, and for RLHF the prompt dataset
+'shakespeare_prompts' (PPO rollouts) and the preference dataset 'shakespeare_preferences'
+(reward model, DPO); the last two are at the end of this docstring).
 
 Documents: the examples of a split ({'name', 'text'} as UTF-8 bytes, research/data/builders),
 in name order.
@@ -61,6 +63,48 @@ pipeline's, as for the windows):
   eval:  the same plus 'mask' float32 [B_host] (padding examples have loss_mask 0)
 `info(data_cfg)` counts pairs (num_eval_examples caps the eval pairs), so the LM's held-out
 bits/token and bits/char are over the response tokens and characters only.
+
+RLHF data. Both datasets are derived from the corpus 'shakespeare' like the dialogue dataset
+(`datasets.corpus`, `datasets.is_derived`): the same tokenizer (the corpus's, fit on its 'train'
+split; `tokenizer_mismatch` against an lm_shakespeare_char run is None), so the policy, the
+reward model and the reference model all read the pretrained vocabulary.
+
+Prompts (`datasets.is_prompts`: 'shakespeare_prompts'), for PPO rollouts: the same plays and the
+same held-out split by play; example i is the prompt side of pair i of `pairs(data_cfg, split)`
+(`prompt_texts` gives the strings), one int32 row of L = data.seq_len tokens (`encode_prompt`):
+
+  pad ... pad  BOS  (the last L - 1 tokens of) encode(prompt + '\n\n')
+
+left-padded, the real tokens right-aligned (as research/lm/generate.pad_prompts does), so a
+policy continues every row after the separator; PAD never occurs in real text, so the prompt
+mask is tokens != PAD. A long prompt keeps its end (the words next to the reply).
+  train: {'tokens': int32 [B_host, L]}     eval: the same plus 'mask' float32 [B_host]
+`info(data_cfg)` counts prompts, of shape (L,).
+
+Preferences (`datasets.is_preferences`: 'shakespeare_preferences'), for a reward model and DPO:
+the pairs (prompt, chosen, rejected) of the preferences table of the SQLite record store
+data.records (research/records.py), those of data.preference_source ('human' | 'synthetic' |
+'model', or 'all'), in store id order (`preference_pairs`). Splits 'train' and 'test' only: a
+pair's split is its metadata['split'] when that is 'train' or 'test', else 'test' when
+int(sha256(prompt UTF-8).hexdigest(), 16) % 10 == 0 and 'train' otherwise
+(`preference_split`), so pairs on one prompt never straddle the splits. Each side is one
+sequence of L + 1 tokens (`encode_preference`):
+
+  BOS  encode(prompt + '\n\n')  encode(response)  pad ... pad
+
+with NO EOS (a policy's sample may have been cut at its length limit; a reward model scores the
+last response token, DPO sums the response tokens' log-probabilities). Both sides share one
+prompt truncation: all prompt tokens if they fit next to the longer response, else its last
+max(L - longer response tokens, L // 2); each response then keeps its first tokens that fit.
+The loss masks [L] are 1 on the targets that are response tokens (target t is tokens[t + 1]).
+  train: {'tokens': chosen int32 [B_host, L + 1], 'loss_mask': float32 [B_host, L],
+          'rejected': int32 [B_host, L + 1], 'rejected_loss_mask': float32 [B_host, L]}
+  eval:  the same plus 'mask' float32 [B_host] (padding examples are all zeros)
+The reader (a `PreferenceReader`: the chosen rows under 'tokens', the rest from `row_entries`) is
+cached per process, keyed by the store's fingerprint (the database and WAL files' mtime and
+size, and the table's row count and last id), so a store that changed is read again by the
+next reader (a running train iterator keeps the pairs it started with). A split without pairs
+is a ValueError naming data.records, the source and the split.
 """
 from __future__ import annotations
 
@@ -70,10 +114,13 @@ import math
 import os
 import re
 import shutil
+import sqlite3
+import urllib.parse
 from typing import NamedTuple
 
 import numpy as np
 
+from research import records
 from research.data import datasets
 from research.data import pipeline
 from research.lm import tokenizers
@@ -91,8 +138,8 @@ def _documents(name: str, source: str, data_dir: str, split: str) -> tuple[tuple
 
 
 def _corpus(name: str) -> str:
-  """The text dataset whose documents a dataset reads (a dialogue dataset's corpus; itself)."""
-  return datasets.DIALOGUE_NAMES.get(name, name)
+  """The text dataset whose documents a dataset reads (a derived dataset's corpus; itself)."""
+  return datasets.corpus(name)
 
 
 def documents(data_cfg, split: str) -> list[tuple[str, str]]:
@@ -103,8 +150,8 @@ def documents(data_cfg, split: str) -> list[tuple[str, str]]:
 
 def train_text(data_cfg) -> str:
   """The text the tokenizer is fit on: the documents of data.train_split, joined by newlines (a
-  dialogue dataset: of its corpus's DIALOGUE_TOKENIZER_SPLIT)."""
-  split = (DIALOGUE_TOKENIZER_SPLIT if datasets.is_dialogue(data_cfg.name)
+  dialogue, prompt or preference dataset: of its corpus's DIALOGUE_TOKENIZER_SPLIT)."""
+  split = (DIALOGUE_TOKENIZER_SPLIT if datasets.is_derived(data_cfg.name)
            else data_cfg.train_split)
   return '\n'.join(t for _, t in documents(data_cfg, split))
 
@@ -113,7 +160,7 @@ def _tokenizer_key(data_cfg) -> tuple:
   kind = data_cfg.get('tokenizer', datasets.TEXT_DEFAULTS['tokenizer'])
   vocab_size = data_cfg.get('vocab_size', datasets.TEXT_DEFAULTS['vocab_size'])
   vocab_size = vocab_size if kind == 'bpe' else 0  # the other kinds do not use it
-  if datasets.is_dialogue(data_cfg.name):  # its corpus's pretraining tokenizer (see above)
+  if datasets.is_derived(data_cfg.name):  # its corpus's pretraining tokenizer (see above)
     return (_corpus(data_cfg.name), data_cfg.source, data_cfg.data_dir,
             DIALOGUE_TOKENIZER_SPLIT, kind, vocab_size)
   return (data_cfg.name, data_cfg.source, data_cfg.data_dir, data_cfg.train_split, kind,
@@ -232,11 +279,18 @@ def _cached_reader(tok_key: tuple, split: str, seq_len: int, train: bool) -> Win
   return WindowReader(_cached_stream(tok_key, split), seq_len, train)
 
 
-def reader(data_cfg, split: str, train: bool = False) -> WindowReader | PairReader:
+def reader(data_cfg, split: str, train: bool = False
+           ) -> WindowReader | PairReader | PromptReader | PreferenceReader:
   """The windows of `split`: full ones (train=True) or all of them, the last padded (eval).
   A dialogue dataset: the (prompt, response) sequences of `split` (a `PairReader`, all of them
-  for train and eval alike)."""
+  for train and eval alike); a prompt dataset: its left-padded prompts (`PromptReader`); a
+  preference dataset: its pairs in the record store (`PreferenceReader`, read again when the
+  store changed; ValueError when the split has none)."""
   datasets.validate(data_cfg)
+  if datasets.is_preferences(data_cfg.name):
+    return _preference_reader(data_cfg, split)
+  if datasets.is_prompts(data_cfg.name):
+    return _cached_prompt_reader(_tokenizer_key(data_cfg), split, int(data_cfg.seq_len))
   if datasets.is_dialogue(data_cfg.name):
     return _cached_pair_reader(_tokenizer_key(data_cfg), split, int(data_cfg.seq_len))
   return _cached_reader(_tokenizer_key(data_cfg), split, int(data_cfg.seq_len), train)
@@ -246,11 +300,15 @@ def info(data_cfg) -> datasets.DatasetInfo:
   """Windows of shape (seq_len + 1,) under 'tokens': num_train full windows of train_split,
   num_eval windows of eval_split (padded; at most num_eval_examples). Prepares the data and the
   tokenizer and tokenizes both splits on first use (cached). A dialogue dataset counts pairs
-  (all of them for num_train; num_eval_examples caps the eval pairs)."""
+  (all of them for num_train; num_eval_examples caps the eval pairs), a prompt dataset prompts
+  (of shape (seq_len,)), a preference dataset the pairs of the record store (a ValueError
+  naming data.records, the source and the split when a split has none)."""
   num_eval = reader(data_cfg, data_cfg.eval_split).num_examples
   if data_cfg.num_eval_examples != -1:
     num_eval = min(num_eval, data_cfg.num_eval_examples)
-  return datasets.DatasetInfo(shape=(int(data_cfg.seq_len) + 1,), num_classes=0,
+  seq_len = int(data_cfg.seq_len)
+  return datasets.DatasetInfo(shape=(seq_len,) if datasets.is_prompts(data_cfg.name)
+                              else (seq_len + 1,), num_classes=0,
                               num_train=reader(data_cfg, data_cfg.train_split, True).num_examples,
                               num_eval=num_eval, key='tokens')
 
@@ -451,3 +509,218 @@ def pair_stats(data_cfg, split: str) -> dict:
   return {'pairs': len(loss_mask), 'prompt_truncated': int((cuts[:, 0] > 0).sum()),
           'response_truncated': int((cuts[:, 1] > 0).sum()),
           'response_tokens': int(loss_mask.sum())}
+
+
+# ---------------------------------------------------------------------------------------------
+# RLHF: prompts for PPO rollouts (see the module docstring)
+
+
+def prompt_texts(data_cfg, split: str) -> list[str]:
+  """The prompts of `split`: the prompt side of `pairs(data_cfg, split)` (row i of the split's
+  `PromptReader` encodes prompt_texts(...)[i])."""
+  return [p for p, _ in pairs(data_cfg, split)]
+
+
+def encode_prompt(tok: tokenizers.Tokenizer, prompt: str, seq_len: int) -> np.ndarray:
+  """int32 [seq_len]: BOS and the last seq_len - 1 tokens of encode(prompt + SEPARATOR) (all of
+  them when they fit), left-padded with PAD."""
+  ctx = tok.encode_array(prompt + SEPARATOR)
+  keep = min(len(ctx), seq_len - 1)
+  row = np.full(seq_len, tokenizers.PAD, np.int32)
+  row[seq_len - keep - 1] = tokenizers.BOS
+  row[seq_len - keep:] = ctx[len(ctx) - keep:]
+  return row
+
+
+class PromptReader(pipeline._Reader):  # pylint: disable=protected-access
+  """rows(indices) -> (int32 prompts [n, seq_len], None): the left-padded prompts of a split.
+  No labels, no loss mask (the prompt mask is tokens != PAD)."""
+  key = 'tokens'
+
+  # pylint: disable-next=super-init-not-called
+  def __init__(self, tokens: np.ndarray):
+    self._source, self._arrays = None, None   # not an image reader: rows come from the array
+    self._tokens = tokens
+    self.num_examples = len(tokens)
+    self.seq_len = tokens.shape[1]
+
+  def rows(self, indices: np.ndarray):
+    return self._tokens[np.asarray(indices, np.int64)], None
+
+  @staticmethod
+  def to_features(rows: np.ndarray) -> np.ndarray:
+    return rows
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_prompt_reader(tok_key: tuple, split: str, seq_len: int) -> PromptReader:
+  tok = _cached_tokenizer(*tok_key)[0]
+  corpus, source, data_dir = tok_key[:3]
+  prompts = [p for _, t in _documents(corpus, source, data_dir, split)
+             for p, _ in dialogue_pairs(t)]
+  tokens = np.zeros((len(prompts), seq_len), np.int32)
+  for i, p in enumerate(prompts):
+    tokens[i] = encode_prompt(tok, p, seq_len)
+  tokens.setflags(write=False)
+  return PromptReader(tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# RLHF: preference pairs from a record store (see the module docstring)
+
+
+def preference_split(prompt: str, metadata: dict | None) -> str:
+  """'train' or 'test': metadata['split'] when it is one of them, else by a hash of the prompt
+  (1 in 10 prompts is 'test'), so every pair on one prompt lands in the same split."""
+  split = metadata.get('split') if isinstance(metadata, dict) else None
+  if split in datasets.PREFERENCE_SPLITS:
+    return split
+  digest = hashlib.sha256(prompt.encode('utf-8')).hexdigest()
+  return 'test' if int(digest, 16) % 10 == 0 else 'train'
+
+
+def _store_fingerprint(path: str) -> tuple:
+  """Changes whenever the store's preferences change: the database and WAL files' (mtime, size,
+  inode) -- a commit lands in the WAL until a checkpoint -- and the table's row count and last
+  id (rows are only ever appended; this catches two commits within one mtime tick)."""
+  stats = []
+  for p in (path, path + '-wal'):
+    try:
+      st = os.stat(p)
+      stats.append((st.st_mtime_ns, st.st_size, st.st_ino))
+    except OSError:
+      stats.append(None)
+  try:  # read-only: never creates or migrates the file
+    conn = sqlite3.connect(f'file:{urllib.parse.quote(path)}?mode=ro', uri=True, timeout=30)
+    try:
+      rows = conn.execute('SELECT COUNT(*), MAX(id) FROM preferences').fetchone()
+    finally:
+      conn.close()
+  except sqlite3.Error as e:
+    raise ValueError(f'config.data.records={path!r} is not a readable record store ({e}); '
+                     'point it at a research/records.py store holding preference pairs') from e
+  return tuple(stats), tuple(rows)
+
+
+@functools.lru_cache(maxsize=4)
+def _store_pairs(path: str, source: str, fingerprint: tuple) -> tuple[dict, ...]:
+  del fingerprint  # the cache key only
+  with records.RecordStore(path) as store:
+    return tuple(store.preferences(source=None if source == 'all' else source))
+
+
+def _records_path(data_cfg) -> str:
+  return os.path.abspath(os.path.expanduser(data_cfg.records))
+
+
+def preference_pairs(data_cfg, split: str) -> list[dict]:
+  """The record store's pairs of data.preference_source in `split` ('train' | 'test'), in id
+  order: dicts with id, prompt, chosen, rejected, source, score, metadata, ... (row i of the
+  split's `PreferenceReader` is pair i)."""
+  datasets.validate(data_cfg)
+  if not datasets.is_preferences(data_cfg.name):
+    raise ValueError(f'preference_pairs: {data_cfg.name!r} is not a preference dataset; use one '
+                     f'of {sorted(datasets.PREFERENCE_NAMES)}')
+  if split not in datasets.PREFERENCE_SPLITS:
+    raise ValueError(f'preference split {split!r}: a preference dataset has the splits '
+                     f'{list(datasets.PREFERENCE_SPLITS)} (no slices)')
+  path = _records_path(data_cfg)
+  rows = _store_pairs(path, data_cfg.preference_source, _store_fingerprint(path))
+  return [r for r in rows if preference_split(r['prompt'], r.get('metadata')) == split]
+
+
+class EncodedPreference(NamedTuple):
+  chosen: np.ndarray               # int32 [seq_len + 1]: BOS prompt SEPARATOR chosen pad ...
+  chosen_loss_mask: np.ndarray     # float32 [seq_len]: 1 on the targets that are chosen tokens
+  rejected: np.ndarray             # int32 [seq_len + 1]: BOS prompt SEPARATOR rejected pad ...
+  rejected_loss_mask: np.ndarray   # float32 [seq_len]
+  prompt_cut: int                  # tokens dropped from the start of the prompt side (both)
+  chosen_cut: int                  # tokens dropped from the end of the chosen response
+  rejected_cut: int                # tokens dropped from the end of the rejected response
+
+
+def encode_preference(tok: tokenizers.Tokenizer, prompt: str, chosen: str, rejected: str,
+                      seq_len: int) -> EncodedPreference:
+  """The two sequences of seq_len + 1 tokens of a preference pair (no EOS) and their
+  response-only loss masks, with one prompt truncation for both (see the module docstring)."""
+  ctx = tok.encode_array(prompt + SEPARATOR)
+  resps = [tok.encode_array(chosen), tok.encode_array(rejected)]
+  room = seq_len                                        # positions after BOS
+  keep_ctx = min(len(ctx), max(room - max(len(r) for r in resps), room // 2))
+  out = []
+  for resp in resps:
+    keep = min(len(resp), room - keep_ctx)
+    tokens = np.full(seq_len + 1, tokenizers.PAD, np.int32)
+    tokens[0] = tokenizers.BOS
+    tokens[1:1 + keep_ctx] = ctx[len(ctx) - keep_ctx:]
+    tokens[1 + keep_ctx:1 + keep_ctx + keep] = resp[:keep]
+    loss_mask = np.zeros(seq_len, np.float32)
+    loss_mask[keep_ctx:keep_ctx + keep] = 1.0            # target t is tokens[t + 1]
+    out.append((tokens, loss_mask, len(resp) - keep))
+  (c, cm, c_cut), (r, rm, r_cut) = out
+  return EncodedPreference(c, cm, r, rm, len(ctx) - keep_ctx, c_cut, r_cut)
+
+
+class PreferenceReader(pipeline._Reader):  # pylint: disable=protected-access
+  """rows(indices) -> (int32 chosen sequences [n, seq_len + 1], None); row_entries(indices) ->
+  {'loss_mask', 'rejected', 'rejected_loss_mask'} (see the module docstring). `record_ids`
+  [N] are the store ids of the rows."""
+  key = 'tokens'
+
+  # pylint: disable-next=super-init-not-called
+  def __init__(self, chosen, chosen_loss_mask, rejected, rejected_loss_mask, record_ids):
+    self._source, self._arrays = None, None   # not an image reader: rows come from the arrays
+    self._chosen, self._rejected = chosen, rejected
+    self._chosen_mask, self._rejected_mask = chosen_loss_mask, rejected_loss_mask
+    self.record_ids = record_ids
+    self.num_examples = len(chosen)
+    self.seq_len = chosen.shape[1] - 1
+
+  def rows(self, indices: np.ndarray):
+    return self._chosen[np.asarray(indices, np.int64)], None
+
+  @staticmethod
+  def to_features(rows: np.ndarray) -> np.ndarray:
+    return rows
+
+  def row_entries(self, indices: np.ndarray) -> dict:
+    i = np.asarray(indices, np.int64)
+    return {'loss_mask': self._chosen_mask[i], 'rejected': self._rejected[i],
+            'rejected_loss_mask': self._rejected_mask[i]}
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_preference_reader(tok_key: tuple, path: str, source: str, fingerprint: tuple,
+                              split: str, seq_len: int) -> PreferenceReader:
+  tok = _cached_tokenizer(*tok_key)[0]
+  rows = [r for r in _store_pairs(path, source, fingerprint)
+          if preference_split(r['prompt'], r.get('metadata')) == split]
+  n = len(rows)
+  chosen, rejected = (np.zeros((n, seq_len + 1), np.int32) for _ in range(2))
+  chosen_mask, rejected_mask = (np.zeros((n, seq_len), np.float32) for _ in range(2))
+  ids = np.array([r['id'] for r in rows], np.int64)
+  for i, r in enumerate(rows):
+    e = encode_preference(tok, r['prompt'], r['chosen'], r['rejected'], seq_len)
+    chosen[i], chosen_mask[i] = e.chosen, e.chosen_loss_mask
+    rejected[i], rejected_mask[i] = e.rejected, e.rejected_loss_mask
+  for a in (chosen, chosen_mask, rejected, rejected_mask, ids):
+    a.setflags(write=False)
+  return PreferenceReader(chosen, chosen_mask, rejected, rejected_mask, ids)
+
+
+def _preference_reader(data_cfg, split: str) -> PreferenceReader:
+  if split not in datasets.PREFERENCE_SPLITS:
+    raise ValueError(f'preference split {split!r}: a preference dataset has the splits '
+                     f'{list(datasets.PREFERENCE_SPLITS)} (no slices)')
+  path, source = _records_path(data_cfg), data_cfg.preference_source
+  fingerprint = _store_fingerprint(path)
+  read = _cached_preference_reader(_tokenizer_key(data_cfg), path, source, fingerprint, split,
+                                   int(data_cfg.seq_len))
+  if read.num_examples == 0:
+    total = len(_store_pairs(path, source, fingerprint))
+    raise ValueError(
+        f'no preference pairs in split {split!r}: config.data.records={data_cfg.records!r} holds '
+        f'{total} pair(s) of config.data.preference_source={source!r}, none in {split!r} '
+        f"(a pair's split is its metadata 'split', else a hash of its prompt); add pairs, or "
+        "pick another source ('all' for every source)")
+  return read

@@ -273,7 +273,7 @@ def _check_init_from(config: ml_collections.ConfigDict) -> None:
   diff = text_data.tokenizer_mismatch(config.data, data)
   if diff:
     field, ours, theirs = diff
-    if field == 'data.train_split' and datasets.is_dialogue(config.data.name):
+    if field == 'data.train_split' and datasets.is_derived(config.data.name):
       fix = (f'a dialogue dataset\'s tokenizer is fit on its corpus\'s '
              f'{text_data.DIALOGUE_TOKENIZER_SPLIT!r} split: start from a run pretrained with '
              f'data.train_split={text_data.DIALOGUE_TOKENIZER_SPLIT!r}')

@@ -1,0 +1,1 @@
+"""RLHF: preferences, reward model, PPO and DPO on the LM (research/lm)."""
