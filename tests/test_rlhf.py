@@ -132,7 +132,7 @@ def bandit_config(data_dir, sft, devices):
   c.model.max_len = 24
   c.init_from.workdir = sft
   c.rlhf.update(reward='token', reward_token=tokenizers.NUM_SPECIAL + 5, response_len=4,
-                temperature=1.0, true_reward='')
+                temperature=1.0, true_reward='', normalize_score=False)
   c.rlhf.reward_workdir = ''
   c.ppo.update(kl_coef=0.0, kl_target=0.0, epochs=2, minibatches=2, vf_coef=0.5)
   c.optimizer.lr = 1e-2
@@ -179,6 +179,7 @@ def test_logged_kl_is_the_kl_in_the_rewards(data_dir, sft):
   beta = 0.3
   kl_seq = ro['kl'].sum(1)
   np.testing.assert_allclose(ro['rewards'].sum(1), ro['score'] - beta * kl_seq, atol=1e-5)
+  np.testing.assert_array_equal(ro['score_norm'], [0, 1])     # normalize_score=False
   np.testing.assert_allclose(ro['kl'], (ro['logprobs'] - ro['ref_logprobs']) * ro['mask'],
                              atol=1e-6)
   assert abs(kl_seq.mean()) > 1e-3
@@ -213,6 +214,8 @@ def test_ppo_with_a_reward_model_runs_and_resumes(data_dir, sft, rm, tmp_path):
   # The frozen parts come from their runs: the reference is the SFT policy, the reward model
   # the RM's checkpoint.
   exp, state, _, _ = trainer.restore(c, work, 1)
+  shift, scale = parallel.to_host(state.model_state['score_norm'])
+  assert scale > 0 and np.isfinite(shift)    # measured on the first iteration's rollouts
   ref = parallel.to_host(state.model_state['ref'])
   from research.rlhf import evaluate as rl_eval
   sft_params = jax.tree.map(np.asarray, rl_eval.load_params(sft))

@@ -11,7 +11,10 @@ jitted and data-parallel (per device, `lax.pmean` of the gradients):
      BOS prompt SEP response (EOS left out, as in its training data), or 'token' = the fraction
      of the `response_len` slots holding token `rlhf.reward_token` (a test reward);
   3. rewards r_t = score [last token] - beta kl_t and GAE advantages (research/rlhf/ppo.py),
-     whitened over the global batch;
+     whitened over the global batch; with `rlhf.normalize_score` the score is first shifted and
+     scaled so that the starting policy's scores (the first iteration's rollouts, every
+     device's) have mean 0 and std 1, as Ziegler et al. normalise their reward model, which
+     makes beta and the KL target mean the same for any reward model;
   4. `ppo.epochs` passes over `ppo.minibatches` shuffled minibatches of the device's rollouts,
      each one optimizer update of the clipped policy loss + vf_coef * clipped value loss
      - ent_coef * entropy, means over every device's tokens;
@@ -20,7 +23,8 @@ jitted and data-parallel (per device, `lax.pmean` of the gradients):
 The state is the standard TrainState: params = the policy LM tree plus the value head
 (research/rlhf/heads.py, so `init_from.workdir=SFT_RUN` copies the policy and leaves the head
 fresh at 0); model_state holds what is not trained: the reference LM tree ('ref', a copy of the
-policy at the start, `prepare_state`), the reward model ('reward'), and beta ('kl_coef'). All of
+policy at the start, `prepare_state`), the reward model ('reward'), beta ('kl_coef') and the
+score normalisation ('score_norm'). All of
 it is checkpointed, so a resumed run continues with the same reference, reward model and beta.
 `state.step` counts PPO iterations (the optimizer's schedule counts its updates:
 num_steps * epochs * minibatches).
@@ -28,7 +32,8 @@ num_steps * epochs * minibatches).
 Dropout is off in every PPO forward pass: the ratio pi / pi_old must be exactly 1 before the first
 update, and the rollout log-probs must be the policy's.
 
-Logged per iteration (means over the global batch): score (reward model / token reward),
+Logged per iteration (means over the global batch): score (reward model / token reward, before
+normalisation),
 kl (nats per rollout: the very sum of the per-token kl_t that entered the rewards), kl_coef
 (the beta of this iteration), reward (score - beta kl), entropy, response_length, pg_loss,
 vf_loss, clip_frac, approx_kl, value explained variance, and logprob_gap (largest |sampler -
@@ -84,6 +89,8 @@ class PPO(lm_family.LM):
     c.rlhf.response_len = 48       # tokens sampled per rollout (EOS may end a reply earlier)
     c.rlhf.temperature = 0.7       # the sampling distribution of rollouts (and of the KL)
     c.rlhf.true_reward = 'sentiment'  # eval: the hidden score of decoded responses ('' = none)
+    c.rlhf.normalize_score = True  # score -> (score - mean) / std of the first iteration's
+                                   # rollouts: the starting policy's scores are N(0, 1) (Ziegler)
     c.ppo = ml_collections.ConfigDict()
     c.ppo.kl_coef = 0.15           # beta at the start
     c.ppo.kl_target = 6.0          # adaptive beta toward this KL (nats per rollout); 0 = fixed
@@ -145,8 +152,11 @@ class PPO(lm_family.LM):
                     **{heads.REWARD: heads.init_head(key, self.rm_net.cfg.d_model, 0.0)})
     p, steps = self.config.ppo, self.config.train.num_steps
     tx = optim.make(self.config.optimizer, steps * p.epochs * p.minibatches)[0]
+    # score_norm (shift, scale); scale 0 = not measured yet (the first iteration sets it).
+    norm = [0.0, 0.0] if self.config.rlhf.normalize_score else [0.0, 1.0]
     frozen = {'ref': jax.tree.map(jnp.copy, lm), 'reward': reward,
-              'kl_coef': jnp.asarray(p.kl_coef, jnp.float32)}
+              'kl_coef': jnp.asarray(p.kl_coef, jnp.float32),
+              'score_norm': jnp.asarray(norm, jnp.float32)}
     return TrainState.create(params, tx, model_state=frozen)
 
   def prepare_state(self, state, mesh):
@@ -208,11 +218,24 @@ class PPO(lm_family.LM):
     ref_logp, _ = heads.continuation_logprobs(ref_logits, tokens, mask, prompts.shape[1],
                                               r.temperature)
     score = self._score(state.model_state['reward'], prompts, pmask, tokens, mask)
-    rewards, kl = ppo.kl_penalized_rewards(score, logp, ref_logp, mask,
+    norm = self._score_norm(state.model_state['score_norm'], score)
+    rewards, kl = ppo.kl_penalized_rewards((score - norm[0]) / norm[1], logp, ref_logp, mask,
                                            state.model_state['kl_coef'])
     return {'prompts': prompts, 'prompt_mask': pmask, 'tokens': tokens, 'mask': mask,
             'logprobs': logp, 'values': values, 'entropy': ent, 'score': score, 'kl': kl,
-            'ref_logprobs': ref_logp, 'rewards': rewards, 'sampler_logprobs': out['logprobs']}
+            'ref_logprobs': ref_logp, 'rewards': rewards, 'sampler_logprobs': out['logprobs'],
+            'score_norm': norm}
+
+  def _score_norm(self, norm, score):
+    """(shift, scale) for the scores: the stored ones, or, while unset (scale 0), the mean and
+    std of this batch of scores over every device."""
+    if not self.config.rlhf.normalize_score:
+      return norm
+    ax = parallel.AXIS
+    mean = lax.pmean(jnp.mean(score), ax)
+    std = jnp.sqrt(jnp.maximum(lax.pmean(jnp.mean(jnp.square(score)), ax) - mean ** 2, 1e-8))
+    unset = norm[1] == 0
+    return jnp.stack([jnp.where(unset, mean, norm[0]), jnp.where(unset, std, norm[1])])
 
   # --- the PPO iteration --------------------------------------------------------------------
   def train_step(self, state, batch, key):
@@ -256,8 +279,8 @@ class PPO(lm_family.LM):
     beta = state.model_state['kl_coef']
     new_beta = ppo.adaptive_kl_coef(beta, kl_seq, p.kl_target, p.kl_horizon,
                                     self.config.train.batch_size)
-    new_state = new_state.replace(step=state.step + 1,
-                                  model_state=dict(new_state.model_state, kl_coef=new_beta))
+    new_state = new_state.replace(step=state.step + 1, model_state=dict(
+        new_state.model_state, kl_coef=new_beta, score_norm=ro['score_norm']))
     gap = jnp.max(jnp.abs(ro['sampler_logprobs'] - ro['logprobs']) * mask)
     metrics = {
         'score': jnp.mean(ro['score']), 'kl': jnp.mean(ro['kl'].sum(1)), 'kl_coef': beta,
