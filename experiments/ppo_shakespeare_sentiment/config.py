@@ -14,8 +14,11 @@ docstring has the whole pipeline).
 
 One iteration: 64 prompts (a speech and '\n\n', the last 63 characters, from the train plays)
 -> 48-character replies at temperature 0.7 -> reward model score - beta * KL -> GAE
-(gamma 1, lambda 0.95) -> 4 epochs x 4 minibatches of clipped PPO updates. beta starts at 0.05
-and adapts toward 4 nats per reply (horizon 10,000 replies). Eval: 256 held-out prompts (plays
+(gamma 1, lambda 0.95) -> 4 epochs x 4 minibatches of clipped PPO updates. The score is
+normalised to mean 0, std 1 on the SFT policy's first rollouts; beta starts at 0.1 and adapts
+toward 4 nats per reply with a horizon of 1,000 replies (Ziegler et al. use 10,000 over a far
+longer run: at 200 x 64 = 12,800 replies that horizon lets beta move by at most 30%, and the KL
+overshoots its target). Eval: 256 held-out prompts (plays
 never trained on): reward-model score, KL to the SFT policy and the hidden true reward.
 """
 from research import configs
@@ -37,9 +40,9 @@ def get_config():
   config.rlhf.reward_workdir = 'workdirs/rlhf/rm'
   config.rlhf.response_len = 48
   config.rlhf.temperature = 0.7
-  config.ppo.kl_coef = 0.05
+  config.ppo.kl_coef = 0.1
   config.ppo.kl_target = 4.0
-  config.ppo.kl_horizon = 10000
+  config.ppo.kl_horizon = 1000
   config.ppo.epochs = 4
   config.ppo.minibatches = 4
   config.optimizer.name = 'adam'
