@@ -80,6 +80,14 @@ class Checkpointer:
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     return restored['state']['train']
 
+  def read_meta(self, step: int | None = None) -> dict:
+    """The JSON meta saved with checkpoint `step` (None = the latest): {'step', 'config'}."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {self.manager.directory}')
+    restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return restored['meta']
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 

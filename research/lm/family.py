@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from research import checkpoint as ckpt_lib
 from research import configs, optim, parallel
 from research.data import datasets
 from research.data import text as text_data
@@ -237,22 +238,23 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> model_li
 
 
 def source_config(workdir: str, step: int = -1) -> dict | None:
-  """The config (a JSON dict) another run saved: from its checkpoint `step` (-1 = the latest)
-  when that checkpoint's meta is readable, else its workdir's config.json; None if neither."""
+  """The config (a JSON dict) another run saved: from the meta of its checkpoint `step` (-1 = the
+  latest) when readable, else its workdir's config.json; None if neither."""
   ckpt_dir = os.path.join(workdir, 'checkpoints')
-  steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) if os.path.isdir(
-      ckpt_dir) else []
-  if step < 0 and steps:
-    step = steps[-1]
-  for path, key in ((os.path.join(ckpt_dir, str(step), 'meta', 'metadata'), 'config'),
-                    (os.path.join(workdir, 'config.json'), None)):
+  if os.path.isdir(ckpt_dir):
     try:
-      with open(path) as f:
-        data = json.load(f)
-      return data[key] if key else data
-    except (OSError, ValueError, KeyError, TypeError):
-      continue
-  return None
+      ckpt = ckpt_lib.Checkpointer(ckpt_dir, read_only=True)
+      try:
+        return ckpt.read_meta(None if step < 0 else step)['config']
+      finally:
+        ckpt.close()
+    except Exception:  # pylint: disable=broad-except  (no/unreadable checkpoint: try the json)
+      pass
+  try:
+    with open(os.path.join(workdir, 'config.json')) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
 
 
 def _check_init_from(config: ml_collections.ConfigDict) -> None:
