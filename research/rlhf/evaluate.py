@@ -170,6 +170,9 @@ def plot(rows: list[dict], path: str) -> None:
     label = f"{pts[0]['family']} ({os.path.basename(run.rstrip('/'))})"
     ax.errorbar([r['kl'] for r in pts], [r['true_reward'] for r in pts],
                 yerr=[r['true_reward_se'] for r in pts], marker='o', capsize=2, label=label)
+    for r in pts:  # the checkpoint's step next to its point
+      ax.annotate(str(r['step']), (r['kl'], r['true_reward']), fontsize=7,
+                  textcoords='offset points', xytext=(4, -8))
   ax.set_xlabel('KL(policy || SFT reference), nats per reply')
   ax.set_ylabel('true reward (held-out prompts)')
   ax.legend()
