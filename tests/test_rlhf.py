@@ -256,3 +256,20 @@ def test_dpo_starts_at_zero_and_learns_the_pairs(data_dir, store, sft, tmp_path)
   np.testing.assert_allclose(train[0]['margin'], 0.0, atol=1e-6)
   assert final['eval']['accuracy'] >= 0.9
   assert final['eval']['margin'] > 0
+
+
+def test_frontier_evaluator(sft, rm, tmp_path):
+  """research.rlhf.evaluate: one row per checkpoint; the reference against itself has KL 0;
+  the true reward is the sentiment score of the decoded replies; the plot is written."""
+  from research.rlhf import evaluate as rl_eval
+  rows = rl_eval.frontier(sft, [sft], reward=rm[0], num_prompts=6, response_len=4,
+                          prompt_len=16, out=str(tmp_path))
+  assert [r['step'] for r in rows] == rl_eval.checkpoint_steps(sft) == [4]
+  r = rows[0]
+  assert r['kl'] == pytest.approx(0.0, abs=1e-6)
+  assert 0 < r['response_length'] <= 4 and np.isfinite(r['rm_score'])
+  from research.rlhf import sentiment
+  assert r['true_reward'] == pytest.approx(float(np.mean(sentiment.scores(r['texts']))))
+  assert os.path.getsize(os.path.join(tmp_path, 'frontier.png')) > 1000
+  with open(os.path.join(tmp_path, 'frontier.jsonl')) as f:
+    assert len(f.readlines()) == 1

@@ -113,7 +113,7 @@ def evaluate_policy(net, params, ref_params, tok, prompts, pmask, key, *, respon
             'true_reward_se': float(np.std(true) / np.sqrt(len(true))),
             'kl': float(np.mean(np.concatenate(kls))),
             'response_length': float(np.mean(np.concatenate(lengths))),
-            'examples': texts[:3]}
+            'examples': texts[:3], 'texts': texts}
   if scores:
     result['rm_score'] = float(np.mean(np.concatenate(scores)))
   return result
@@ -149,13 +149,14 @@ def frontier(reference: str, runs: list[str], *, reward: str = '', num_prompts: 
       r = evaluate_policy(net, params, ref_params, tok, prompts, pmask, key,
                           response_len=response_len, temperature=temperature, reward=rm)
       r.update(run=run, family=cfg.family, step=step)
-      print(json.dumps({k: v for k, v in r.items() if k != 'examples'}), flush=True)
+      print(json.dumps({k: v for k, v in r.items() if k not in ('examples', 'texts')}),
+            flush=True)
       rows.append(r)
   if out:
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, 'frontier.jsonl'), 'w') as f:
       for r in rows:
-        f.write(json.dumps(r) + '\n')
+        f.write(json.dumps({k: v for k, v in r.items() if k != 'texts'}) + '\n')
     plot(rows, os.path.join(out, 'frontier.png'))
   return rows
 
