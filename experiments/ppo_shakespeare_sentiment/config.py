@@ -46,7 +46,7 @@ def get_config():
   config.ppo.epochs = 4
   config.ppo.minibatches = 4
   config.optimizer.name = 'adam'
-  config.optimizer.lr = 1e-4
+  config.optimizer.lr = 3e-5
   config.optimizer.clip_grad_norm = 1.0
   config.train.batch_size = 64
   config.train.num_steps = 200
