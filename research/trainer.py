@@ -308,6 +308,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       if preempted:
         logging.warning('preempted: saved step %d; rerun the same command to resume', step)
         break
+  if not eval_metrics and not preempted and step >= t.num_steps:
+    # Resumed from the final checkpoint (e.g. killed after saving it): the final metrics still
+    # report the eval of the finished run.
+    eval_metrics = evaluate(exp, state, eval_key)
+    writer.write_scalars(step, eval_metrics, 'eval')
   ckpt.wait()
   ckpt.close()
   elapsed = time.perf_counter() - start_time

@@ -108,3 +108,14 @@ def test_transfer_learning_with_a_frozen_subtree(tmp_path):
   moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), src_params['decoder'],
                        dst_params['decoder'])
   assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_rerunning_a_finished_run_still_reports_its_eval(tmp_path):
+  """A run killed after its final checkpoint resumes at num_steps: no step runs, but the final
+  metrics still hold the finished run's eval (sweeps read them)."""
+  config = helpers.tiny_digits(num_steps=4)
+  config.eval.num_samples = 0
+  first = trainer.train(config, str(tmp_path))
+  again = trainer.train(config, str(tmp_path))
+  assert again['step'] == 4 and again['eval']
+  np.testing.assert_allclose(again['eval']['neg_elbo'], first['eval']['neg_elbo'], rtol=1e-5)
