@@ -161,7 +161,7 @@ def test_sample_responses(policy):
   assert again == out
   # The prompt keeps BOS and its end: 20 = max_len 32 - 12 tokens in all.
   tok = text.tokenizer(prefs.read_config(policy).data)
-  ids = prefs.encode_prompt(tok, long_prompt, 20)
+  ids = text.encode_prompt(tok, long_prompt, 20)   # the row sample_responses feeds
   assert len(ids) == 20 and ids[0] == tok.bos_id
   assert tok.decode(ids) == (long_prompt + '\n\n')[-19:]
   with pytest.raises(ValueError, match='max_new_tokens'):

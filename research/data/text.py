@@ -434,35 +434,48 @@ class EncodedPair(NamedTuple):
   response_cut: int       # tokens dropped from the end of the response side (EOS included)
 
 
+def _pack(ctx: np.ndarray, keep_ctx: int, resp: np.ndarray, seq_len: int):
+  """BOS, the last keep_ctx tokens of `ctx`, then the first tokens of `resp` that fit in
+  seq_len + 1: (tokens [seq_len + 1], loss mask [seq_len] on the response targets, response
+  tokens cut)."""
+  keep = min(len(resp), seq_len - keep_ctx)
+  tokens = np.full(seq_len + 1, tokenizers.PAD, np.int32)
+  tokens[0] = tokenizers.BOS
+  tokens[1:1 + keep_ctx] = ctx[len(ctx) - keep_ctx:]
+  tokens[1 + keep_ctx:1 + keep_ctx + keep] = resp[:keep]
+  loss_mask = np.zeros(seq_len, np.float32)
+  loss_mask[keep_ctx:keep_ctx + keep] = 1.0            # target t is tokens[t + 1]
+  return tokens, loss_mask, len(resp) - keep
+
+
+def _prompt_keep(ctx_len: int, resp_len: int, seq_len: int) -> int:
+  """Prompt tokens kept next to a response of resp_len: all if they fit, else the last
+  max(seq_len - resp_len, seq_len // 2) (seq_len positions follow BOS)."""
+  return min(ctx_len, max(seq_len - resp_len, seq_len // 2))
+
+
 def encode_pair(tok: tokenizers.Tokenizer, prompt: str, response: str,
                 seq_len: int) -> EncodedPair:
   """One sequence of seq_len + 1 tokens and its response-only loss mask (the format and the
   truncation rule are in the module docstring)."""
   ctx = tok.encode_array(prompt + SEPARATOR)
   resp = np.append(tok.encode_array(response), tokenizers.EOS).astype(np.int32)
-  room = seq_len                                        # positions after BOS
-  keep_ctx = min(len(ctx), max(room - len(resp), room // 2))
-  keep_resp = min(len(resp), room - keep_ctx)
-  tokens = np.full(seq_len + 1, tokenizers.PAD, np.int32)
-  tokens[0] = tokenizers.BOS
-  tokens[1:1 + keep_ctx] = ctx[len(ctx) - keep_ctx:]
-  tokens[1 + keep_ctx:1 + keep_ctx + keep_resp] = resp[:keep_resp]
-  loss_mask = np.zeros(seq_len, np.float32)
-  loss_mask[keep_ctx:keep_ctx + keep_resp] = 1.0       # target t is tokens[t + 1]
-  return EncodedPair(tokens, loss_mask, len(ctx) - keep_ctx, len(resp) - keep_resp)
+  keep_ctx = _prompt_keep(len(ctx), len(resp), seq_len)
+  tokens, loss_mask, cut = _pack(ctx, keep_ctx, resp, seq_len)
+  return EncodedPair(tokens, loss_mask, len(ctx) - keep_ctx, cut)
 
 
-class PairReader(pipeline._Reader):  # pylint: disable=protected-access
-  """rows(indices) -> (int32 sequences [n, seq_len + 1], None): pairs of a dialogue split;
-  row_entries(indices) -> {'loss_mask': float32 [n, seq_len]} (response-only). No labels."""
+class TokenArrayReader(pipeline._Reader):  # pylint: disable=protected-access
+  """rows(indices) -> (int32 token rows [n, ...], None) of arrays in memory, and
+  row_entries(indices) -> the same rows of each array in `entries` (e.g. a loss mask). No
+  labels. The dialogue pairs, the RLHF prompts and the preference pairs are readers of this."""
   key = 'tokens'
 
   # pylint: disable-next=super-init-not-called
-  def __init__(self, tokens: np.ndarray, loss_mask: np.ndarray):
+  def __init__(self, tokens: np.ndarray, entries: dict[str, np.ndarray] | None = None):
     self._source, self._arrays = None, None   # not an image reader: rows come from the arrays
-    self._tokens, self._loss_mask = tokens, loss_mask
+    self._tokens, self._entries = tokens, dict(entries or {})
     self.num_examples = len(tokens)
-    self.seq_len = tokens.shape[1] - 1
 
   def rows(self, indices: np.ndarray):
     return self._tokens[np.asarray(indices, np.int64)], None
@@ -472,7 +485,17 @@ class PairReader(pipeline._Reader):  # pylint: disable=protected-access
     return rows
 
   def row_entries(self, indices: np.ndarray) -> dict:
-    return {'loss_mask': self._loss_mask[np.asarray(indices, np.int64)]}
+    i = np.asarray(indices, np.int64)
+    return {k: v[i] for k, v in self._entries.items()}
+
+
+class PairReader(TokenArrayReader):
+  """The pairs of a dialogue split: sequences [n, seq_len + 1] and the response-only
+  'loss_mask' [n, seq_len] as a row entry."""
+
+  def __init__(self, tokens: np.ndarray, loss_mask: np.ndarray):
+    super().__init__(tokens, {'loss_mask': loss_mask})
+    self.seq_len = tokens.shape[1] - 1
 
 
 @functools.lru_cache(maxsize=8)
@@ -532,24 +555,13 @@ def encode_prompt(tok: tokenizers.Tokenizer, prompt: str, seq_len: int) -> np.nd
   return row
 
 
-class PromptReader(pipeline._Reader):  # pylint: disable=protected-access
-  """rows(indices) -> (int32 prompts [n, seq_len], None): the left-padded prompts of a split.
-  No labels, no loss mask (the prompt mask is tokens != PAD)."""
-  key = 'tokens'
+class PromptReader(TokenArrayReader):
+  """The left-padded prompts [n, seq_len] of a split. No loss mask (the prompt mask is
+  tokens != PAD)."""
 
-  # pylint: disable-next=super-init-not-called
   def __init__(self, tokens: np.ndarray):
-    self._source, self._arrays = None, None   # not an image reader: rows come from the array
-    self._tokens = tokens
-    self.num_examples = len(tokens)
+    super().__init__(tokens)
     self.seq_len = tokens.shape[1]
-
-  def rows(self, indices: np.ndarray):
-    return self._tokens[np.asarray(indices, np.int64)], None
-
-  @staticmethod
-  def to_features(rows: np.ndarray) -> np.ndarray:
-    return rows
 
 
 @functools.lru_cache(maxsize=8)
@@ -609,6 +621,15 @@ def _store_pairs(path: str, source: str, fingerprint: tuple) -> tuple[dict, ...]
     return tuple(store.preferences(source=None if source == 'all' else source))
 
 
+def _split_pairs(path: str, source: str, fingerprint: tuple, split: str) -> list[dict]:
+  """The store's pairs of `source` in `split`, in id order."""
+  if split not in datasets.PREFERENCE_SPLITS:
+    raise ValueError(f'preference split {split!r}: a preference dataset has the splits '
+                     f'{list(datasets.PREFERENCE_SPLITS)} (no slices)')
+  return [r for r in _store_pairs(path, source, fingerprint)
+          if preference_split(r['prompt'], r.get('metadata')) == split]
+
+
 def _records_path(data_cfg) -> str:
   return os.path.abspath(os.path.expanduser(data_cfg.records))
 
@@ -621,12 +642,8 @@ def preference_pairs(data_cfg, split: str) -> list[dict]:
   if not datasets.is_preferences(data_cfg.name):
     raise ValueError(f'preference_pairs: {data_cfg.name!r} is not a preference dataset; use one '
                      f'of {sorted(datasets.PREFERENCE_NAMES)}')
-  if split not in datasets.PREFERENCE_SPLITS:
-    raise ValueError(f'preference split {split!r}: a preference dataset has the splits '
-                     f'{list(datasets.PREFERENCE_SPLITS)} (no slices)')
   path = _records_path(data_cfg)
-  rows = _store_pairs(path, data_cfg.preference_source, _store_fingerprint(path))
-  return [r for r in rows if preference_split(r['prompt'], r.get('metadata')) == split]
+  return _split_pairs(path, data_cfg.preference_source, _store_fingerprint(path), split)
 
 
 class EncodedPreference(NamedTuple):
@@ -644,57 +661,30 @@ def encode_preference(tok: tokenizers.Tokenizer, prompt: str, chosen: str, rejec
   """The two sequences of seq_len + 1 tokens of a preference pair (no EOS) and their
   response-only loss masks, with one prompt truncation for both (see the module docstring)."""
   ctx = tok.encode_array(prompt + SEPARATOR)
-  resps = [tok.encode_array(chosen), tok.encode_array(rejected)]
-  room = seq_len                                        # positions after BOS
-  keep_ctx = min(len(ctx), max(room - max(len(r) for r in resps), room // 2))
-  out = []
-  for resp in resps:
-    keep = min(len(resp), room - keep_ctx)
-    tokens = np.full(seq_len + 1, tokenizers.PAD, np.int32)
-    tokens[0] = tokenizers.BOS
-    tokens[1:1 + keep_ctx] = ctx[len(ctx) - keep_ctx:]
-    tokens[1 + keep_ctx:1 + keep_ctx + keep] = resp[:keep]
-    loss_mask = np.zeros(seq_len, np.float32)
-    loss_mask[keep_ctx:keep_ctx + keep] = 1.0            # target t is tokens[t + 1]
-    out.append((tokens, loss_mask, len(resp) - keep))
-  (c, cm, c_cut), (r, rm, r_cut) = out
+  c_resp, r_resp = tok.encode_array(chosen), tok.encode_array(rejected)
+  keep_ctx = _prompt_keep(len(ctx), max(len(c_resp), len(r_resp)), seq_len)
+  c, cm, c_cut = _pack(ctx, keep_ctx, c_resp, seq_len)
+  r, rm, r_cut = _pack(ctx, keep_ctx, r_resp, seq_len)
   return EncodedPreference(c, cm, r, rm, len(ctx) - keep_ctx, c_cut, r_cut)
 
 
-class PreferenceReader(pipeline._Reader):  # pylint: disable=protected-access
-  """rows(indices) -> (int32 chosen sequences [n, seq_len + 1], None); row_entries(indices) ->
-  {'loss_mask', 'rejected', 'rejected_loss_mask'} (see the module docstring). `record_ids`
-  [N] are the store ids of the rows."""
-  key = 'tokens'
+class PreferenceReader(TokenArrayReader):
+  """The chosen sequences [n, seq_len + 1] under 'tokens'; row entries 'loss_mask',
+  'rejected', 'rejected_loss_mask' (see the module docstring). `record_ids` [N] are the store
+  ids of the rows."""
 
-  # pylint: disable-next=super-init-not-called
   def __init__(self, chosen, chosen_loss_mask, rejected, rejected_loss_mask, record_ids):
-    self._source, self._arrays = None, None   # not an image reader: rows come from the arrays
-    self._chosen, self._rejected = chosen, rejected
-    self._chosen_mask, self._rejected_mask = chosen_loss_mask, rejected_loss_mask
+    super().__init__(chosen, {'loss_mask': chosen_loss_mask, 'rejected': rejected,
+                              'rejected_loss_mask': rejected_loss_mask})
     self.record_ids = record_ids
-    self.num_examples = len(chosen)
     self.seq_len = chosen.shape[1] - 1
-
-  def rows(self, indices: np.ndarray):
-    return self._chosen[np.asarray(indices, np.int64)], None
-
-  @staticmethod
-  def to_features(rows: np.ndarray) -> np.ndarray:
-    return rows
-
-  def row_entries(self, indices: np.ndarray) -> dict:
-    i = np.asarray(indices, np.int64)
-    return {'loss_mask': self._chosen_mask[i], 'rejected': self._rejected[i],
-            'rejected_loss_mask': self._rejected_mask[i]}
 
 
 @functools.lru_cache(maxsize=8)
 def _cached_preference_reader(tok_key: tuple, path: str, source: str, fingerprint: tuple,
                               split: str, seq_len: int) -> PreferenceReader:
   tok = _cached_tokenizer(*tok_key)[0]
-  rows = [r for r in _store_pairs(path, source, fingerprint)
-          if preference_split(r['prompt'], r.get('metadata')) == split]
+  rows = _split_pairs(path, source, fingerprint, split)
   n = len(rows)
   chosen, rejected = (np.zeros((n, seq_len + 1), np.int32) for _ in range(2))
   chosen_mask, rejected_mask = (np.zeros((n, seq_len), np.float32) for _ in range(2))
@@ -709,9 +699,6 @@ def _cached_preference_reader(tok_key: tuple, path: str, source: str, fingerprin
 
 
 def _preference_reader(data_cfg, split: str) -> PreferenceReader:
-  if split not in datasets.PREFERENCE_SPLITS:
-    raise ValueError(f'preference split {split!r}: a preference dataset has the splits '
-                     f'{list(datasets.PREFERENCE_SPLITS)} (no slices)')
   path, source = _records_path(data_cfg), data_cfg.preference_source
   fingerprint = _store_fingerprint(path)
   read = _cached_preference_reader(_tokenizer_key(data_cfg), path, source, fingerprint, split,

@@ -149,13 +149,6 @@ def select_prompts(data_cfg, split: str, num: int, seed: int) -> list[str]:
 # Replies
 
 
-def encode_prompt(tokenizer, prompt: str, length: int) -> list[int]:
-  """BOS + encode(prompt + '\\n\\n'), keeping BOS and the last length - 1 prompt tokens."""
-  from research.data import text  # pylint: disable=g-import-not-at-top
-  ids = tokenizer.encode(prompt + text.SEPARATOR)
-  return [tokenizer.bos_id] + ids[max(len(ids) - (length - 1), 0):]
-
-
 def load_policy(workdir: str, step: int = -1):
   """(config, family, state, step) of the LM run in `workdir` at `step` (-1 = the latest)."""
   from research import parallel, trainer  # pylint: disable=g-import-not-at-top
@@ -177,7 +170,9 @@ def generate_responses(family, state, prompts: Sequence[str], key, *, num_per_pr
   if max_new_tokens < 1 or room < 2:
     raise ValueError(f'max_new_tokens={max_new_tokens} must be in [1, model max_len - 2 = '
                      f'{cfg.max_len - 2}] (the prompt needs BOS and one token)')
-  rows = [ids for p in prompts for ids in [encode_prompt(tok, p, room)] * num_per_prompt]
+  from research.data import text  # pylint: disable=g-import-not-at-top
+  # One prompt width (room): BOS and the prompt's end, left-padded; one compile for every batch.
+  rows = [row for p in prompts for row in [text.encode_prompt(tok, p, room)] * num_per_prompt]
   if not rows:
     return []
   batch = min(batch_size, len(rows))
@@ -187,11 +182,8 @@ def generate_responses(family, state, prompts: Sequence[str], key, *, num_per_pr
   for b, start in enumerate(range(0, len(rows), batch)):
     chunk = rows[start:start + batch]
     n = len(chunk)
-    chunk = chunk + [chunk[0]] * (batch - n)             # pad the last batch
-    tokens, mask = gen.pad_prompts(chunk, tok.pad_id)
-    width = room - tokens.shape[1]                       # one prompt width: one compile
-    tokens = np.pad(np.asarray(tokens), ((0, 0), (width, 0)), constant_values=tok.pad_id)
-    mask = np.pad(np.asarray(mask), ((0, 0), (width, 0)))
+    tokens = np.stack(chunk + [chunk[0]] * (batch - n))   # pad the last batch
+    mask = tokens != tok.pad_id
     out = gen.generate(apply_fn, params, tokens, mask, jax.random.fold_in(key, b),
                        max_new_tokens=max_new_tokens,
                        temperature=temperature if temperature > 0 else 1.0,
