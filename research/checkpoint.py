@@ -80,6 +80,12 @@ class Checkpointer:
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     return restored['state']['train']
 
+  def model_params(self, step: int | None = None) -> dict:
+    """The parameters a checkpoint evaluates with (host numpy): its EMA copy when the run kept
+    one, else its parameters."""
+    tree = self.restore_params(step)
+    return tree.get('ema_params') or tree['params']
+
   def read_meta(self, step: int | None = None) -> dict:
     """The JSON meta saved with checkpoint `step` (None = the latest): {'step', 'config'}."""
     step = self.latest_step() if step is None else step

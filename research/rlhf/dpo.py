@@ -102,6 +102,3 @@ class DPO(LM):
     loss, r_w, r_l = self._pair(self.eval_params(state), state.model_state['ref'], batch)
     return {'loss': loss, 'accuracy': (r_w > r_l).astype(jnp.float32), 'margin': r_w - r_l,
             'reward_chosen': r_w, 'reward_rejected': r_l}
-
-  def finalize_eval(self, means):
-    return {}

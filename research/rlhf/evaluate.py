@@ -55,9 +55,8 @@ def load_params(workdir: str, step: int | None = None, heads_too: bool = False) 
   """A run's parameters at `step` (None = latest), EMA copy when it kept one; the LM tree only
   (RLHF heads dropped) unless `heads_too`."""
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
-  tree = ckpt.restore_params(step)
+  params = ckpt.model_params(step)
   ckpt.close()
-  params = tree.get('ema_params') or tree['params']
   if not heads_too:
     params = {k: v for k, v in params.items() if k not in (heads.VALUE, heads.REWARD)}
   return jax.tree.map(jnp.asarray, params)
@@ -85,10 +84,7 @@ def _kl_and_logp(net, params, ref_params, prompts, pmask, tokens, mask, temperat
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _rm_score(net, params, prompts, pmask, tokens, mask):
-  lm, head = heads.split(params, heads.REWARD)
-  text_mask = mask * (tokens != tokenizers.EOS)
-  _, hidden, full = heads.forward(net.apply, lm, prompts, pmask, tokens, text_mask)
-  return heads.sequence_score(head, hidden, full)
+  return heads.reward_score(net.apply, params, prompts, pmask, tokens, mask)
 
 
 def evaluate_policy(net, params, ref_params, tok, prompts, pmask, key, *, response_len: int,

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from research.lm import model as model_lib
+from research.lm import tokenizers
 from research.rlhf import ppo
 
 REWARD = 'reward_head'
@@ -75,3 +76,12 @@ def sequence_score(head: dict, hidden, mask):
   """A reward model's score [B]: the head on the hidden state of each row's last real token."""
   idx = last_index(mask)
   return apply_head(head, jnp.take_along_axis(hidden, idx[:, None, None], 1)[:, 0])
+
+
+def reward_score(apply_fn, reward_params, prompts, prompt_mask, tokens, mask):
+  """A reward model's score [B] of sampled continuations: the continuation's EOS (if any) is
+  left out, as in the preference data it was trained on (BOS prompt SEP response, no EOS)."""
+  lm, head = split(reward_params, REWARD)
+  text_mask = mask * (tokens != tokenizers.EOS)
+  _, hidden, full = forward(apply_fn, lm, prompts, prompt_mask, tokens, text_mask)
+  return sequence_score(head, hidden, full)

@@ -167,9 +167,8 @@ class PPO(lm_family.LM):
     if self.rm_net is not None:
       src = self.config.rlhf.reward_workdir
       ckpt = ckpt_lib.Checkpointer(os.path.join(src, 'checkpoints'), read_only=True)
-      saved = ckpt.restore_params(None)
+      tree = ckpt.model_params(None)
       ckpt.close()
-      tree = saved.get('ema_params') or saved['params']
       want = parallel.to_host(frozen['reward'])
       if jax.tree.structure(tree) != jax.tree.structure(want) or any(
           np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(tree),
@@ -198,10 +197,7 @@ class PPO(lm_family.LM):
     r = self.config.rlhf
     if r.reward == 'token':
       return jnp.sum((tokens == r.reward_token) * mask, axis=1) / r.response_len
-    lm, head = heads.split(reward_params, heads.REWARD)
-    text_mask = mask * (tokens != tokenizers.EOS)   # the reward model never saw EOS
-    _, hidden, full = heads.forward(self.rm_net.apply, lm, prompts, pmask, tokens, text_mask)
-    return heads.sequence_score(head, hidden, full)
+    return heads.reward_score(self.rm_net.apply, reward_params, prompts, pmask, tokens, mask)
 
   def rollout(self, state, prompts, key):
     """Samples responses and scores them: a dict of [B, ...] arrays (per device)."""
@@ -308,6 +304,3 @@ class PPO(lm_family.LM):
       texts = [self.tokenizer.decode(t[m > 0].tolist()) for t, m in zip(tokens, mask)]
       out['true_reward'] = sentiment.scores(texts)
     return out
-
-  def finalize_eval(self, means):
-    return {}

@@ -102,8 +102,5 @@ class RewardModel(LM):
             'loss': -jax.nn.log_sigmoid(r_w - r_l), 'margin': r_w - r_l,
             'reward_chosen': r_w, 'reward_rejected': r_l}
 
-  def finalize_eval(self, means):
-    return {}
-
   def sample(self, state, key, num: int):
     return {}   # a reward model does not generate
