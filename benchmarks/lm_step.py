@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 from research import configs, parallel, trainer  # noqa: E402
 from research.lm import generate as gen  # noqa: E402
 from research.lm import model as model_lib  # noqa: E402
-from train_step import load_config, matmul_peak  # noqa: E402  (benchmarks/train_step.py)
+from train_step import load_config, matmul_peak, set_gpt2_like_model  # noqa: E402  (benchmarks/train_step.py)
 
 CONFIG = 'experiments/lm_shakespeare_char/config.py'
 
@@ -56,14 +56,7 @@ CONFIG = 'experiments/lm_shakespeare_char/config.py'
 def our_config(args):
   c = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                CONFIG))
-  c.model.num_layers = args.layers
-  c.model.num_heads = args.heads
-  c.model.d_model = args.d_model
-  c.model.mlp = 'gelu'
-  c.model.mlp_dim = 0                 # 4 * d_model, as GPT-2's n_inner=None
-  c.model.dropout = 0.0
-  c.model.attn_dropout = 0.0
-  c.model.dtype = 'float32'
+  set_gpt2_like_model(c, args.layers, args.heads, args.d_model)
   c.model.max_len = max(args.seq_len, args.prompt_len + args.new_tokens)
   c.data.seq_len = args.seq_len
   c.train.batch_size = args.batch

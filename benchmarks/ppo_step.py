@@ -59,7 +59,7 @@ from research.lm import generate as gen  # noqa: E402
 from research.lm import model as model_lib  # noqa: E402
 from research.lm import tokenizers  # noqa: E402
 from research.rlhf import heads  # noqa: E402
-from train_step import load_config  # noqa: E402  (benchmarks/train_step.py)
+from train_step import load_config, set_gpt2_like_model  # noqa: E402  (benchmarks/train_step.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = 'experiments/ppo_shakespeare_sentiment/config.py'
@@ -68,14 +68,7 @@ PAD, BOS, EOS, UNK = tokenizers.PAD, tokenizers.BOS, tokenizers.EOS, tokenizers.
 
 
 def set_model(c, args):
-  c.model.num_layers = args.layers
-  c.model.num_heads = args.heads
-  c.model.d_model = args.d_model
-  c.model.mlp = 'gelu'
-  c.model.mlp_dim = 0                 # 4 * d_model, as GPT-2's n_inner=None
-  c.model.dropout = 0.0
-  c.model.attn_dropout = 0.0
-  c.model.dtype = 'float32'
+  set_gpt2_like_model(c, args.layers, args.heads, args.d_model)
 
 
 def max_len(args) -> int:

@@ -41,6 +41,19 @@ def load_config(spec: str):
   return module.get_config(arg) if arg else module.get_config()
 
 
+def set_gpt2_like_model(c, layers: int, heads: int, d_model: int) -> None:
+  """Our LM's model fields at a GPT-2 peer's shape: GELU MLP of 4 * d_model (n_inner=None), no
+  dropout, float32 (lm_step.py, ppo_step.py)."""
+  c.model.num_layers = layers
+  c.model.num_heads = heads
+  c.model.d_model = d_model
+  c.model.mlp = 'gelu'
+  c.model.mlp_dim = 0
+  c.model.dropout = 0.0
+  c.model.attn_dropout = 0.0
+  c.model.dtype = 'float32'
+
+
 def flops_of(compiled) -> float:
   """FLOPs of one call of a compiled executable (XLA cost analysis; nan if unavailable).
   jax 0.10 returns a dict; older versions returned a list with one dict per module."""
