@@ -51,7 +51,7 @@ def set_gpt2_like_model(c, layers: int, heads: int, d_model: int) -> None:
   c.model.mlp_dim = 0
   c.model.dropout = 0.0
   c.model.attn_dropout = 0.0
-  c.model.dtype = 'float32'
+  c.precision.compute = 'float32'
 
 
 def flops_of(compiled) -> float:

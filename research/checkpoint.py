@@ -6,7 +6,8 @@ A checkpoint is an Orbax `Composite` of three items:
   data:  the grain iterator's position (per host), so a resumed run sees the same batches,
   meta:  JSON (config, step) for humans and tools.
 The latest `keep` checkpoints are kept, plus the best one by an eval metric when one is named.
-Restoring targets the current mesh, so a run may resume on a different device count.
+Restoring targets the current mesh, so a run may resume on another mesh or device count (on
+another process count too, with the data order restarting: data positions are per host).
 """
 from __future__ import annotations
 
@@ -65,19 +66,34 @@ class Checkpointer:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     items = {'state': ocp.args.StandardRestore(abstract)}
     if data_iter is not None:
-      items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
+      own = (f'{self.manager.directory}/{step}/data/'
+             f'process_{jax.process_index()}-of-{jax.process_count()}.json')
+      if os.path.exists(own):
+        items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
+      else:  # saved by another number of hosts: their data positions do not map onto ours
+        logging.warning('checkpoint %d holds the data positions of another process count; the '
+                        'state resumes exactly, the data order restarts from the seed', step)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     tree = restored['state']
     state = flax.serialization.from_state_dict(state, tree['train'])
     return state, jax.random.wrap_key_data(tree['rng'])
 
   def restore_params(self, step: int | None) -> dict:
-    """The raw (host numpy) train-state dict of a checkpoint, for transfer learning."""
+    """The raw (host numpy) train-state dict of a checkpoint, for transfer learning and tools.
+    Reads every array whole, whatever devices and hosts wrote it (a pod run's checkpoint opens
+    on a laptop)."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.manager.directory}')
-    restored = self.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    reader = ocp.CheckpointManager(
+        self.manager.directory, options=ocp.CheckpointManagerOptions(read_only=True),
+        item_handlers={'state': ocp.PyTreeCheckpointHandler()})
+    metadata = reader.item_metadata(step)['state']
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                            getattr(metadata, 'tree', metadata))
+    restored = reader.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(restore_args=as_numpy)))
+    reader.close()
     return restored['state']['train']
 
   def model_params(self, step: int | None = None) -> dict:

@@ -115,6 +115,23 @@ def common_defaults() -> ml_collections.ConfigDict:
   c.init_from.step = -1           # -1 = that run's latest checkpoint
   c.init_from.param_map = ''      # 'dst_regex=src_prefix,...'; '' = same paths
 
+  c.parallel = ml_collections.ConfigDict()  # how the state and the batch lie on the devices
+  c.parallel.mode = 'data'        # data: state replicated, batch split (the pmap model; default)
+                                  # sharded: a (batch x model) mesh, state sharded by the rules
+                                  # below (research/sharding.py); families with one objective
+  c.parallel.model_axis = 1       # sharded: devices on the model axis (tensor parallelism, within
+                                  # one host); the batch axis takes the rest
+  c.parallel.fsdp = True          # sharded: params, EMA and optimizer state split over the batch axis
+  c.parallel.fsdp_min_size = 1024  # sharded: leaves with fewer elements stay replicated
+  c.parallel.rules = ''           # sharded: 'regex=spec;...' before the family's tensor-parallel
+                                  # rules, spec one axis (batch|model) or _ per dim, e.g.
+                                  # 'mlp/up/kernel$=_,model;mlp/down/kernel$=model,_'
+
+  c.precision = ml_collections.ConfigDict()  # mixed precision; parameters always stay float32
+  c.precision.compute = 'float32'  # float32 | bfloat16: the networks' matmuls and activations
+                                   # (norm statistics, losses and logits stay float32)
+  c.precision.moments = 'float32'  # float32 | bfloat16: the optimizer's first moment (Adam's mu)
+
   c.curriculum = ml_collections.ConfigDict()  # a step-dependent value handed to the family
   c.curriculum.name = 'none'      # none | linear | piecewise | (see research/curriculum.py)
   c.curriculum.start = 0.0
@@ -235,11 +252,29 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   # Local imports keep `configs` importable from every module without cycles.
   from research import curriculum, optim
   from research.data import datasets
+  pc = config.parallel
+  one_of(pc.mode, ('data', 'sharded'), 'parallel.mode')
+  one_of(config.precision.compute, ('float32', 'bfloat16'), 'precision.compute')
+  one_of(config.precision.moments, ('float32', 'bfloat16'), 'precision.moments')
+  if pc.mode == 'sharded':
+    from research import family as family_lib, sharding
+    require(fam.objective is not family_lib.Family.objective, 'parallel.mode', pc.mode,
+            f'family {config.family!r} writes its own train step (several players); '
+            "use parallel.mode='data'")
+    require(pc.model_axis >= 1 and num_devices % pc.model_axis == 0, 'parallel.model_axis',
+            pc.model_axis, f'must be >= 1 and divide the {num_devices} devices')
+    require(pc.fsdp_min_size >= 0, 'parallel.fsdp_min_size', pc.fsdp_min_size, 'must be >= 0')
+    sharding.parse_rules(pc.rules)
+    num_devices //= pc.model_axis  # the batch is split over the batch axis only
+  elif pc.model_axis != 1 or pc.rules:
+    raise ConfigError(f'config.parallel.mode={pc.mode!r}: parallel.model_axis and parallel.rules '
+                      "need parallel.mode='sharded'")
   t = config.train
   require(t.num_steps > 0, 'train.num_steps', t.num_steps, 'must be > 0')
   require(t.batch_size > 0, 'train.batch_size', t.batch_size, 'must be > 0')
   require(t.batch_size % num_devices == 0, 'train.batch_size', t.batch_size,
-          f'must divide by the {num_devices} devices; use a multiple of {num_devices}')
+          f'must divide by the {num_devices} devices of the batch axis; use a multiple of '
+          f'{num_devices}')
   require(t.batch_size % num_processes == 0, 'train.batch_size', t.batch_size,
           f'must divide by the {num_processes} hosts')
   for name in ('log_every', 'eval_every', 'sample_every', 'checkpoint_every', 'keep_checkpoints'):
@@ -251,7 +286,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
           f'must be > 0 and divide by the {num_devices} devices')
   require(e.num_samples >= 0, 'eval.num_samples', e.num_samples, 'must be >= 0')
   one_of(e.best_mode, ('min', 'max'), 'eval.best_mode')
-  optim.validate(config.optimizer, t.num_steps)
+  optim.validate(config.optimizer, t.num_steps, moments_dtype=config.precision.moments)
   datasets.validate(config.data)
   curriculum.validate(config.curriculum)
   if config.init_from.workdir:

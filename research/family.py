@@ -17,6 +17,8 @@ from typing import Any, Mapping
 import jax
 import ml_collections
 
+from research import train_state
+
 PyTree = Any
 Metrics = Mapping[str, jax.Array]
 
@@ -43,11 +45,30 @@ class Family(abc.ABC):
     """Builds the train state from an example (per-device) batch. The state is a pytree with a
     scalar `step` field; the harness replicates it on every device and checkpoints it whole."""
 
-  @abc.abstractmethod
+  def objective(self, state: PyTree):
+    """The loss of a family with one objective, for this state (e.g. a KL warm-up by
+    `state.step`): `loss_fn(params, model_state, batch, key) -> (loss, (metrics, model_state))`,
+    per device. Such a family needs no `train_step`: the default one below runs the standard
+    step on it, and the sharded path (`parallel.mode='sharded'`) is open to it. Families with
+    several players (GAN, PPO) return None and write `train_step` themselves."""
+    return None
+
   def train_step(self, state: PyTree, batch: Mapping[str, jax.Array],
                  key: jax.Array) -> tuple[PyTree, Metrics]:
     """One update. `key` is fresh at every step and the same on every device (derive noise with
-    `parallel.per_example_keys` or `parallel.device_key`). Returned metrics are scalars already averaged over `AXIS`."""
+    `parallel.per_example_keys` or `parallel.device_key`). Returned metrics are scalars already
+    averaged over `AXIS`."""
+    loss_fn = self.objective(state)
+    if loss_fn is None:
+      raise NotImplementedError(f'{type(self).__name__}: define objective() or train_step()')
+    return train_state.standard_train_step(loss_fn, state, batch, key,
+                                           self.config.optimizer.grad_accum_steps)
+
+  def sharding_rules(self) -> tuple[tuple[str, tuple], ...]:
+    """Tensor-parallel rules for the sharded path: (regex over a parameter's path, one mesh axis
+    name or None per dimension), first match wins, e.g. Megatron's column/row split of an MLP:
+    ('mlp/up/kernel$', (None, 'model')), ('mlp/down/kernel$', ('model', None))."""
+    return ()
 
   @abc.abstractmethod
   def eval_step(self, state: PyTree, batch: Mapping[str, jax.Array],

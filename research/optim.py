@@ -1,6 +1,7 @@
 """Optimizers and learning-rate schedules from the `optimizer` config section (all optax).
 
-    tx, schedule = optim.make(config.optimizer, config.train.num_steps)
+    tx, schedule = optim.make(config.optimizer, config.train.num_steps,
+                              moments_dtype=config.precision.moments)
 
 The chain built by `make` is, per trainable parameter:
 
@@ -18,6 +19,12 @@ any family.
 
 Gradient accumulation and EMA live in `research/train_state.py`; their fields are only checked
 here.
+
+Moments (`config.precision.moments`, passed as `moments_dtype`): 'bfloat16' stores the first
+moment in bf16 -- Adam's mu (adam, adamw, lamb: optax's `mu_dtype`) or the momentum trace
+(momentum: optax's `accumulator_dtype`); each update still computes in float32 and rounds the
+stored moment. The second moment (nu) always stays float32. Optimizers without a first moment
+(sgd, adagrad, rmsprop) raise a ConfigError with bf16 moments.
 
 Schedules (`optimizer.schedule.name`), with lr = optimizer.lr, W = warmup_steps,
 D = decay_steps or train.num_steps (the decay horizon, counted from step 0, warmup included),
@@ -53,6 +60,8 @@ SCHEDULES = ('constant', 'warmup_cosine', 'warmup_linear', 'exponential', 'piece
 # optax.partition is the newer name of optax.multi_transform.
 _partition = getattr(optax, 'partition', None) or optax.multi_transform
 _DECOUPLED = ('adamw', 'lamb')   # weight decay inside the optimizer; the rest use L2
+MOMENTS = ('float32', 'bfloat16')               # config.precision.moments
+WITH_FIRST_MOMENT = ('adam', 'adamw', 'lamb', 'momentum')  # what bf16 moments can apply to
 
 FROZEN, TRAINABLE = 'frozen', 'trainable'
 
@@ -119,11 +128,31 @@ def _piecewise(sched_cfg) -> tuple[list[int], list[float]]:
   return boundaries, scales
 
 
-def validate(opt_cfg, num_steps: int) -> None:
-  """Raises a one-line ConfigError for the first bad field of the `optimizer` section.
-  Cheap: builds nothing and compiles nothing."""
+def _moments_name(moments_dtype) -> str:
+  """'float32' | 'bfloat16' (or whatever else was given) from a name or a dtype."""
+  if isinstance(moments_dtype, str):
+    return moments_dtype
+  return jnp.dtype(moments_dtype).name
+
+
+def check_moments(name: str, moments_dtype='float32') -> None:
+  """One-line ConfigError unless optimizer `name` can keep its first moment in
+  `moments_dtype` (`config.precision.moments`)."""
+  moments = _moments_name(moments_dtype)
+  one_of(moments, MOMENTS, 'precision.moments')
+  if moments != 'float32' and name not in WITH_FIRST_MOMENT:
+    raise ConfigError(
+        f'config.precision.moments={moments!r}: optimizer.name={name!r} keeps no first moment to '
+        f"store in {moments}; use precision.moments='float32' or an optimizer with one "
+        f'{list(WITH_FIRST_MOMENT)}')
+
+
+def validate(opt_cfg, num_steps: int, moments_dtype='float32') -> None:
+  """Raises a one-line ConfigError for the first bad field of the `optimizer` section (and of
+  `precision.moments`, given as `moments_dtype`). Cheap: builds nothing and compiles nothing."""
   o, s = opt_cfg, opt_cfg.schedule
   one_of(o.name, OPTIMIZERS, 'optimizer.name')
+  check_moments(o.name, moments_dtype)
   require(o.lr > 0, 'optimizer.lr', o.lr, 'must be > 0 (the peak learning rate)')
   for name in ('b1', 'b2'):
     require(0 <= o[name] < 1, f'optimizer.{name}', o[name], 'must be in [0, 1), e.g. 0.9')
@@ -235,28 +264,43 @@ def make_schedule(opt_cfg, num_steps: int) -> optax.Schedule:
 # Optimizers
 
 
-def _base(o, lr: optax.Schedule, mask) -> optax.GradientTransformation:
+def _base(o, lr: optax.Schedule, mask, mu_dtype=None) -> optax.GradientTransformation:
+  """The optimizer; `mu_dtype` (None = the params' float32) is its first moment's dtype."""
   wd = float(o.weight_decay)
   if o.name == 'sgd':
     return optax.sgd(lr)
   if o.name == 'momentum':
-    return optax.sgd(lr, momentum=float(o.momentum), nesterov=bool(o.nesterov))
+    return optax.sgd(lr, momentum=float(o.momentum), nesterov=bool(o.nesterov),
+                     accumulator_dtype=mu_dtype)
   if o.name == 'adam':
-    return optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps)
+    return optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps, mu_dtype=mu_dtype)
   if o.name == 'adamw':
-    return optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=wd, mask=mask)
+    return optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, mu_dtype=mu_dtype, weight_decay=wd,
+                       mask=mask)
   if o.name == 'adagrad':
     return optax.adagrad(lr, eps=o.eps)
   if o.name == 'rmsprop':   # b2 is the decay of the squared-gradient average
     return optax.rmsprop(lr, decay=o.b2, eps=o.eps)
   if o.name == 'lamb':
-    return optax.lamb(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=wd, mask=mask)
+    if mu_dtype is None:
+      return optax.lamb(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=wd, mask=mask)
+    # optax.lamb (0.2.8) has no mu_dtype: the same chain, with it on scale_by_adam (same state
+    # structure, so checkpoints of either form restore into the other).
+    return optax.chain(optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps, mu_dtype=mu_dtype),
+                       optax.add_decayed_weights(wd, mask=mask), optax.scale_by_trust_ratio(),
+                       optax.scale_by_learning_rate(lr))
   raise ConfigError(f'config.optimizer.name={o.name!r}: must be one of {list(OPTIMIZERS)}')
 
 
-def make(opt_cfg, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """(optimizer, lr schedule) for `config.optimizer`; see the module docstring for the chain."""
+def make(opt_cfg, num_steps: int, moments_dtype='float32'
+         ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """(optimizer, lr schedule) for `config.optimizer`; see the module docstring for the chain.
+  `moments_dtype` is `config.precision.moments` (a name or a dtype): the first moment's dtype;
+  a ConfigError for an optimizer without one when it is not float32."""
   o = opt_cfg
+  check_moments(o.name, moments_dtype)
+  moments = _moments_name(moments_dtype)
+  mu_dtype = None if moments == 'float32' else jnp.dtype(moments)
   schedule = make_schedule(o, num_steps)
   mask = None if o.decay_norms_and_biases else decay_mask
   parts = []
@@ -264,7 +308,7 @@ def make(opt_cfg, num_steps: int) -> tuple[optax.GradientTransformation, optax.S
     parts.append(optax.clip_by_global_norm(float(o.clip_grad_norm)))
   if o.weight_decay > 0 and o.name not in _DECOUPLED:
     parts.append(optax.add_decayed_weights(float(o.weight_decay), mask=mask))
-  parts.append(_base(o, schedule, mask))
+  parts.append(_base(o, schedule, mask, mu_dtype))
   tx = optax.chain(*parts) if len(parts) > 1 else parts[0]
 
   regexes = parse_frozen(o.frozen)

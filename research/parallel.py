@@ -65,6 +65,15 @@ def data_parallel(fn: Callable, mesh: Mesh, *, batch_args: tuple[int, ...] = (1,
   return jax.jit(wrapped, donate_argnums=donate_argnums)
 
 
+def pmean(tree: Any, axis: str = AXIS) -> Any:
+  """`lax.pmean` over the batch axis, skipped when that axis has one device: the same values,
+  and it sidesteps XLA's partitioner, which rejects a collective over a size-1 manual axis when
+  the other mesh axis shards the operands (the sharded path's 1 x N mesh)."""
+  if jax.lax.axis_size(axis) == 1:
+    return tree
+  return jax.lax.pmean(tree, axis)
+
+
 def device_key(key: jax.Array) -> jax.Array:
   """A key that differs per device (for noise whose per-example layout does not matter, e.g.
   dropout). Call inside a per-device function."""
@@ -83,6 +92,15 @@ def put_replicated(tree: Any, mesh: Mesh) -> Any:
   sharding = replicated(mesh)
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+
+def put_global(tree: Any, shardings: Any) -> Any:
+  """Whole host values (identical on every host) -> global arrays laid out by `shardings` (a
+  tree of them, or one for all); each device takes its slice."""
+  if not isinstance(shardings, jax.sharding.Sharding):
+    return jax.tree.map(lambda x, s: put_global(x, s), tree, shardings)
+  return jax.tree.map(lambda x: jax.make_array_from_callback(
+      np.shape(x), shardings, lambda index, x=np.asarray(x): x[index]), tree)
 
 
 def host_batch_to_global(batch: Any, mesh: Mesh) -> Any:

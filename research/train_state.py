@@ -1,8 +1,8 @@
 """The standard train state and the standard per-device train step (one loss, one optimizer).
 
-Families with a single objective (VAE, diffusion, LM) write only a loss function and reuse
-`standard_train_step`; families with several players (GAN, PPO) write their own step out of the
-same pieces (`grads_and_metrics`, `apply_gradients`).
+Families with a single objective (VAE, diffusion, LM, reward model, DPO) write only a loss
+(`Family.objective`) and get `standard_train_step`; families with several players (GAN, PPO)
+write their own step out of the same pieces (`grads_and_metrics`, `apply_gradients`).
 """
 from __future__ import annotations
 
@@ -83,11 +83,17 @@ def apply_gradients(state: TrainState, grads, model_state) -> TrainState:
                        ema_params=ema, model_state=model_state)
 
 
-def standard_train_step(loss_fn: LossFn, state: TrainState, batch, key, accum_steps: int = 1):
-  """The pmap-model train step: per-device grads, `lax.pmean` over devices, one update."""
+def device_grads(loss_fn: LossFn, state: TrainState, batch, key, accum_steps: int = 1):
+  """Per-device half of the standard step: grads and metrics averaged over the devices
+  (`parallel.pmean`), and the new model state. The sharded path (`research/sharding.py`) runs
+  only this per device and applies the update to the sharded state outside."""
   grads, metrics, model_state = grads_and_metrics(loss_fn, state.params, state.model_state,
                                                   batch, key, accum_steps)
-  grads = lax.pmean(grads, parallel.AXIS)
-  metrics = lax.pmean(metrics, parallel.AXIS)
+  return parallel.pmean(grads), parallel.pmean(metrics), model_state
+
+
+def standard_train_step(loss_fn: LossFn, state: TrainState, batch, key, accum_steps: int = 1):
+  """The pmap-model train step: per-device grads, `lax.pmean` over devices, one update."""
+  grads, metrics, model_state = device_grads(loss_fn, state, batch, key, accum_steps)
   metrics['grad_norm'] = optax.global_norm(grads)
   return apply_gradients(state, grads, model_state), metrics

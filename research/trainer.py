@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from research import checkpoint as ckpt_lib
-from research import configs, curriculum, optim, parallel
+from research import configs, curriculum, optim, parallel, sharding
 from research.data import pipeline
 from research.metric_writers import MetricWriter
 
@@ -46,11 +46,19 @@ class Experiment:
     return self.mesh.size
 
 
+def make_mesh(config: ml_collections.ConfigDict, devices=None) -> jax.sharding.Mesh:
+  """The run's mesh: 1-D over every device (default), or (batch, model) for the sharded path."""
+  if config.parallel.mode == 'sharded':
+    return sharding.make_mesh(config.parallel.model_axis, devices)
+  return parallel.make_mesh(devices)
+
+
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Experiment:
-  """Binds the config's family to a mesh and wraps its functions for data parallelism."""
-  mesh = mesh or parallel.make_mesh()
+  """Binds the config's family to a mesh and wraps its per-device functions: data parallelism
+  over a replicated state (default), or the sharded path (`research/sharding.py`)."""
+  mesh = mesh or make_mesh(config)
   family = configs.family_class(config.family)(config)
-  ndev = mesh.size
+  ndev = mesh.shape[parallel.AXIS]  # devices that split the batch
   samples_per_device = -(-config.eval.num_samples // ndev)  # ceil
 
   def train_step(state, batch, key):
@@ -65,6 +73,10 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   def visualize(state, batch, key):
     return family.visualize(state, batch, parallel.device_key(key))
 
+  if config.parallel.mode == 'sharded':
+    fns = sharding.compile_functions(family, config, mesh, {
+        'eval_step': eval_step, 'sample': sample, 'visualize': visualize})
+    return Experiment(config=config, family=family, mesh=mesh, **fns)
   dp = parallel.data_parallel
   return Experiment(
       config=config, family=family, mesh=mesh,
@@ -214,13 +226,13 @@ def _transfer(exp: Experiment, state):
         'map paths with init_from.param_map="dst_regex=src_prefix"')
   logging.info('transfer: copied %d params from %s, kept %d fresh: %s', len(report['copied']),
                src.workdir, len(report['kept']), report['kept'])
-  params = parallel.put_replicated(params, exp.mesh)
+  params = parallel.put_global(params, sharding.layout(state.params))
 
   # Optimizer state and EMA restart from the transferred parameters (built under jit so the new
   # state is replicated on every host's devices).
   def fresh(params, model_state):
     return type(state).create(params, state.tx, model_state, state.ema_decay)
-  return jax.jit(fresh, out_shardings=parallel.replicated(exp.mesh))(params, state.model_state)
+  return jax.jit(fresh, out_shardings=sharding.layout(state))(params, state.model_state)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
@@ -254,8 +266,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   _, schedule = optim.make(config.optimizer, t.num_steps)
   cur = curriculum.make(config.curriculum)
   n_params = sum(np.size(x) for x in jax.tree.leaves(getattr(state, 'params', state)))
-  logging.info('%s: %d parameters, %d devices, global batch %d', config.family, n_params,
-               exp.num_devices, t.batch_size)
+  logging.info('%s: %d parameters, %d devices (mesh %s), global batch %d', config.family,
+               n_params, exp.num_devices, dict(exp.mesh.shape), t.batch_size)
 
   pending, train_metrics, eval_metrics, rates = [], {}, {}, {}
   start_time, start_step, preempted = time.perf_counter(), step, False

@@ -38,6 +38,7 @@ def get_config():
   config.optimizer.clip_grad_norm = 1.0
   config.optimizer.ema_decay = 0.9999
   config.train.batch_size = 128
+  config.eval.batch_size = 512       # divides by 8, 16, 32 ... devices (the last batch is padded)
   config.train.num_steps = 800_000
   config.train.log_every = 1000
   config.train.eval_every = 50_000

@@ -28,7 +28,7 @@ def get_config():
   config.model.d_model = 768
   config.model.dropout = 0.0
   config.model.max_len = 128
-  config.model.dtype = 'bfloat16'
+  config.precision.compute = 'bfloat16'
   config.init_from.workdir = 'workdirs/gpt2/sft'
   config.rlhf.reward = 'model'
   config.rlhf.reward_workdir = 'workdirs/gpt2/rm'

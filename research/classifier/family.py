@@ -16,30 +16,35 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from research import configs, optim, parallel
+from research import configs, optim, parallel, precision
 from research.family import Family
-from research.train_state import TrainState, standard_train_step
+from research.train_state import TrainState
 
 
 class CNN(nn.Module):
   """conv3x3-relu-maxpool2 per entry of `channels` (pooling while the map is >= 2 wide), then
-  dense `feature_dim` + relu (the features), dropout, dense logits."""
+  dense `feature_dim` + relu (the features), dropout, dense logits. Computes in `dtype`
+  (`config.precision.compute`; params float32); features and logits are returned float32 (the
+  logits accumulate in float32)."""
   channels: tuple[int, ...]
   feature_dim: int
   num_classes: int
   dropout: float
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    x = x.astype(self.dtype)
     for c in self.channels:
-      x = nn.relu(nn.Conv(c, (3, 3), padding='SAME')(x))
+      x = nn.relu(nn.Conv(c, (3, 3), padding='SAME', dtype=self.dtype)(x))
       if x.shape[1] >= 2 and x.shape[2] >= 2:
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    features = nn.relu(nn.Dense(self.feature_dim)(x))
+    features = nn.relu(nn.Dense(self.feature_dim, dtype=self.dtype)(x))
     h = nn.Dropout(self.dropout, deterministic=not train)(features)
-    return features, nn.Dense(self.num_classes)(h)
+    logits = nn.Dense(self.num_classes, **precision.f32_output(self.dtype))(h)
+    return features.astype(jnp.float32), logits.astype(jnp.float32)
 
 
 class Classifier(Family):
@@ -76,7 +81,8 @@ class Classifier(Family):
   def model(self) -> CNN:
     m = self.config.model
     return CNN(channels=tuple(configs.parse_list(m.channels, 'model.channels', int)),
-               feature_dim=m.feature_dim, num_classes=self.num_classes, dropout=m.dropout)
+               feature_dim=m.feature_dim, num_classes=self.num_classes, dropout=m.dropout,
+               dtype=precision.compute_dtype(self.config))
 
   def features_and_probs(self, params, images: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(penultimate features [B, feature_dim], softmax probs [B, C]) of NHWC images in [0, 1];
@@ -89,23 +95,21 @@ class Classifier(Family):
     x = batch['image']
     chex.assert_rank(x, 4)
     params = self.model().init(key, x[:1])['params']
-    tx, _ = optim.make(self.config.optimizer, self.config.train.num_steps)
+    tx, _ = optim.make(self.config.optimizer, self.config.train.num_steps,
+                       moments_dtype=self.config.precision.moments)
     return TrainState.create(params, tx, {}, ema_decay=self.config.optimizer.ema_decay)
 
-  def train_step(self, state: TrainState, batch, key):
+  def objective(self, state: TrainState):
     model = self.model()
-    dropout_key = parallel.device_key(key)
 
     def loss_fn(params, model_state, batch, key):
       _, logits = model.apply({'params': params}, batch['image'], train=True,
-                              rngs={'dropout': key})
+                              rngs={'dropout': parallel.device_key(key)})
       labels = batch['label'].astype(jnp.int32)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
       acc = jnp.mean(jnp.argmax(logits, -1) == labels)
       return loss, ({'accuracy': acc}, model_state)
-
-    return standard_train_step(loss_fn, state, batch, dropout_key,
-                               accum_steps=self.config.optimizer.grad_accum_steps)
+    return loss_fn
 
   def eval_step(self, state: TrainState, batch, key):
     _, logits = self.model().apply({'params': state.eval_params}, batch['image'], train=False)

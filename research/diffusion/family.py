@@ -11,6 +11,8 @@
 - 'edm': variance exploding with EDM's preconditioning and log-normal noise levels.
 Every model becomes a denoiser D(x, sigma) -> x0_hat (`parameterization.py`), so DDPM ancestral,
 DDIM, Euler, Heun and DPM-Solver++ all sample every model. Images are mapped to [-1, 1].
+The denoiser computes in `config.precision.compute` (networks.py); schedules, losses and
+likelihood bounds are float32.
 """
 from __future__ import annotations
 
@@ -22,12 +24,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from research import configs, optim, parallel
+from research import configs, optim, parallel, precision
 from research.data import datasets
 from research.diffusion import likelihood, losses, networks, samplers, schedules
 from research.diffusion import parameterization as param
 from research.family import Family
-from research.train_state import TrainState, standard_train_step
+from research.train_state import TrainState
 
 PROCESSES = ('ddpm', 'vdm', 'edm')
 SCHEDULES = ('linear', 'cosine', 'learned')
@@ -156,15 +158,17 @@ class Diffusion(Family):
 
   # --- model pieces -------------------------------------------------------------------------
   def _net(self) -> networks.nn.Module:
+    """The denoiser, computing in `config.precision.compute` (float32 params and output)."""
     m = self.config.model
+    dtype = precision.compute_dtype(self.config)
     if m.arch == 'mlp':
       return networks.MLPDenoiser(hidden=m.hidden, depth=m.depth, num_classes=self._num_classes,
-                                  dropout=m.dropout)
+                                  dropout=m.dropout, dtype=dtype)
     return networks.UNet(channels=m.channels, channel_mults=_ints(m.channel_mults, ''),
                          num_res_blocks=m.num_res_blocks,
                          attn_resolutions=_ints(m.attn_resolutions, ''), dropout=m.dropout,
                          num_classes=self._num_classes, num_heads=m.num_heads,
-                         conv_impl=m.conv_impl)
+                         conv_impl=m.conv_impl, dtype=dtype)
 
   def _schedule_module(self):
     d = self.config.diffusion
@@ -294,17 +298,26 @@ class Diffusion(Family):
     params = {'net': self._net().init(k_net, x, jnp.zeros((1,)), labels, train=False)['params']}
     if self.config.diffusion.schedule == 'learned':
       params['schedule'] = self._schedule_module().init(k_sched, jnp.zeros((1,)))['params']
-    tx, _ = optim.make(self.config.optimizer, self.config.train.num_steps)
+    tx, _ = optim.make(self.config.optimizer, self.config.train.num_steps,
+                       moments_dtype=self.config.precision.moments)
     return TrainState.create(params, tx, {}, ema_decay=self.config.optimizer.ema_decay)
 
-  def train_step(self, state: TrainState, batch, key):
+  def sharding_rules(self):
+    # The U-Net's residual blocks split like a Megatron MLP (first conv on output channels,
+    # second on input channels), attention like a transformer's.
+    return ((r'res\d+/conv1/kernel$', (None, None, None, 'model')),
+            (r'res\d+/(conv1|emb_proj)/bias$', ('model',)),
+            (r'res\d+/emb_proj/kernel$', (None, 'model')),
+            (r'res\d+/conv2/kernel$', (None, None, 'model', None)),
+            (r'attn\d*/qkv/kernel$', (None, 'model')), (r'attn\d*/qkv/bias$', ('model',)),
+            (r'attn\d*/proj/kernel$', ('model', None)))
+
+  def objective(self, state: TrainState):
     def loss_fn(params, model_state, batch, key):
       terms = self._loss(params, batch, key, train=True)
       chex.assert_rank(terms['loss'], 1)
       return jnp.mean(terms['loss']), ({k: jnp.mean(v) for k, v in terms.items()}, model_state)
-
-    return standard_train_step(loss_fn, state, batch, key,
-                               accum_steps=self.config.optimizer.grad_accum_steps)
+    return loss_fn
 
   def eval_step(self, state: TrainState, batch, key):
     params = state.eval_params

@@ -11,6 +11,12 @@ EDM, Karras et al. 2022) scaled by `embed_scale` before the sinusoidal embedding
 integer `labels`, where label `num_classes` is the null class used for classifier-free guidance
 (Ho & Salimans 2022).
 
+Precision: both networks take `dtype`, the compute dtype (a run's `config.precision.compute`,
+research/precision.py). Parameters are float32 whatever it is; the layers cast them and the input
+to `dtype`, so convs, dense layers and attention run in it. GroupNorm statistics, attention
+softmax and the noise embedding's sinusoids are float32, and the output is float32: the U-Net's
+last conv runs in float32, the MLP's last dense layer accumulates in float32.
+
 CPU speed: under XLA on CPU a conv's kernel gradient is the slow part of its backward pass (the
 forward and input-gradient convs are fast), so on CPU `UNet` defaults to `conv_impl='hybrid'`:
 lax.conv forward and input gradient, kernel gradient as 9 matmuls (one per tap) in a custom VJP.
@@ -27,6 +33,8 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from research import precision
 
 CONV_IMPLS = ('auto', 'xla', 'im2col', 'hybrid')
 
@@ -48,11 +56,11 @@ def sinusoidal_embedding(t, dim: int, max_period: float = 10000.):
   return emb
 
 
-def _label_embedding(labels, batch: int, num_classes: int, features: int):
+def _label_embedding(labels, batch: int, num_classes: int, features: int, dtype=jnp.float32):
   """[B] labels -> [B, features]; None means the null class (row num_classes, for CFG)."""
   if labels is None:
     labels = jnp.full((batch,), num_classes, jnp.int32)
-  return nn.Embed(num_classes + 1, features, name='label_embed')(labels)
+  return nn.Embed(num_classes + 1, features, dtype=dtype, name='label_embed')(labels)
 
 
 class GroupNorm(nn.Module):
@@ -61,7 +69,8 @@ class GroupNorm(nn.Module):
   Folded into a per-(example, channel) affine map x * a + b from one pass of statistics (E[x],
   E[x^2]), so XLA fuses it (and the SiLU after it) into one elementwise pass and autodiff keeps
   only x: 25% less temp memory than normalising the grouped tensor (697 -> 524 MB for the U-Net
-  fwd+bwd at batch 64, 28x28), and a little faster on CPU.
+  fwd+bwd at batch 64, 28x28), and a little faster on CPU. The result has x's dtype (bf16 in,
+  float32 statistics and affine map, bf16 out).
   """
   num_groups: int = 8
   epsilon: float = 1e-6
@@ -72,6 +81,7 @@ class GroupNorm(nn.Module):
     if c % self.num_groups:
       raise ValueError(f'GroupNorm: {c} channels do not divide into {self.num_groups} groups')
     size = c // self.num_groups
+    in_dtype = x.dtype
     x = x.astype(jnp.float32)
     g = x.reshape(x.shape[:-1] + (self.num_groups, size))
     axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)
@@ -82,7 +92,7 @@ class GroupNorm(nn.Module):
     a = jnp.repeat(jax.lax.rsqrt(var + self.epsilon), size, axis=-1) * scale  # [B, C]
     b = bias - jnp.repeat(mean, size, axis=-1) * a
     shape = x.shape[:1] + (1,) * (x.ndim - 2) + (c,)
-    return x * a.reshape(shape) + b.reshape(shape)
+    return (x * a.reshape(shape) + b.reshape(shape)).astype(in_dtype)
 
 
 _DIMS = ('NHWC', 'HWIO', 'NHWC')
@@ -134,10 +144,13 @@ def _conv_hybrid_bwd(stride, pads, res, g):
     xs = jax.lax.dynamic_slice(xp, (0, ij[0], ij[1], 0),
                                (xp.shape[0], s * (ho - 1) + 1, s * (wo - 1) + 1, cin))
     xs = xs[:, ::s, ::s].reshape(-1, cin)
-    return None, jax.lax.dot_general(xs, g2, (((0,), (0,)), ((), ())))
+    # Summed over N = B*Ho*Wo: accumulated in float32 even for bf16 operands.
+    return None, jax.lax.dot_general(xs, g2, (((0,), (0,)), ((), ())),
+                                     preferred_element_type=jnp.float32)
 
   taps = jnp.array([(i, j) for i in range(3) for j in range(3)], jnp.int32)
-  return dx, jax.lax.scan(tap, None, taps)[1].reshape(kernel.shape)
+  dk = jax.lax.scan(tap, None, taps)[1].reshape(kernel.shape)
+  return dx, dk.astype(kernel.dtype)
 
 
 _conv_hybrid.defvjp(_conv_hybrid_fwd, _conv_hybrid_bwd)
@@ -161,17 +174,21 @@ class Conv3x3(nn.Module):
   - 'im2col': the 9 shifted slices concatenated along channels, then one [9 Cin, Cout] matmul;
   - 'hybrid': lax.conv forward and input gradient, kernel gradient as 9 matmuls (custom VJP);
   - 'auto': 'hybrid' on CPU, else 'xla'.
+
+  Computes in `dtype`: the float32 kernel and bias and the input are cast to it.
   """
   features: int
   stride: int = 1
   impl: str = 'auto'
   kernel_init: nn.initializers.Initializer = _default_init
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param('kernel', self.kernel_init, (3, 3, x.shape[-1], self.features),
                         jnp.float32)
     bias = self.param('bias', _zeros, (self.features,), jnp.float32)
+    x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
     # lax.conv's 'SAME' padding (for stride 2 on even sizes: 0 before, 1 after).
     pads = tuple(jax.lax.padtype_to_pads(x.shape[1:3], (3, 3), (self.stride,) * 2, 'SAME'))
     conv = _CONVS[resolve_conv_impl(self.impl)]
@@ -185,18 +202,21 @@ class ResBlock(nn.Module):
   dropout: float
   norm_groups: int
   conv_impl: str
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, emb, train: bool):
+    dt = self.dtype
     h = nn.silu(GroupNorm(self.norm_groups, name='norm1')(x))
-    h = Conv3x3(self.features, impl=self.conv_impl, name='conv1')(h)
-    h = h + nn.Dense(self.features, kernel_init=_default_init, name='emb_proj')(
+    h = Conv3x3(self.features, impl=self.conv_impl, dtype=dt, name='conv1')(h)
+    h = h + nn.Dense(self.features, kernel_init=_default_init, dtype=dt, name='emb_proj')(
         nn.silu(emb))[:, None, None, :]
     h = nn.silu(GroupNorm(self.norm_groups, name='norm2')(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = Conv3x3(self.features, impl=self.conv_impl, kernel_init=_zeros, name='conv2')(h)
+    h = Conv3x3(self.features, impl=self.conv_impl, kernel_init=_zeros, dtype=dt,
+                name='conv2')(h)
     if x.shape[-1] != self.features:
-      x = nn.Dense(self.features, kernel_init=_default_init, name='skip')(x)
+      x = nn.Dense(self.features, kernel_init=_default_init, dtype=dt, name='skip')(x)
     return x + h
 
 
@@ -205,18 +225,22 @@ class AttnBlock(nn.Module):
   -> 1x1 projection (zero-init) -> + input."""
   num_heads: int
   norm_groups: int
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     b, height, width, c = x.shape
-    d = c // self.num_heads
+    d, dt = c // self.num_heads, self.dtype
     h = GroupNorm(self.norm_groups, name='norm')(x).reshape(b, height * width, c)
-    qkv = nn.Dense(3 * c, kernel_init=_default_init, name='qkv')(h)
+    qkv = nn.Dense(3 * c, kernel_init=_default_init, dtype=dt, name='qkv')(h)
     qkv = qkv.reshape(b, height * width, 3, self.num_heads, d)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]          # [B, N, heads, d]
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / math.sqrt(d)
-    h = jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(logits, axis=-1), v).reshape(b, -1, c)
-    h = nn.Dense(c, kernel_init=_zeros, name='proj')(h)
+    # Scores accumulated and softmaxed in float32, as in the LM.
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k,
+                        preferred_element_type=jnp.float32) / math.sqrt(d)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    h = jnp.einsum('bhqk,bkhd->bqhd', probs, v).reshape(b, -1, c)
+    h = nn.Dense(c, kernel_init=_zeros, dtype=dt, name='proj')(h)
     return x + h.reshape(x.shape)
 
 
@@ -255,6 +279,7 @@ class UNet(nn.Module):
   out_channels: int | None = None
   embed_scale: float = 1000.
   conv_impl: str = 'auto'       # see Conv3x3; 'auto' = 'hybrid' on CPU, 'xla' elsewhere
+  dtype: jnp.dtype = jnp.float32  # compute dtype (params float32; output float32)
 
   def _check(self, x):
     if x.ndim != 4:
@@ -279,18 +304,20 @@ class UNet(nn.Module):
     self._check(x)
     if labels is not None and not self.num_classes:
       raise ValueError('UNet: labels given to an unconditional model (num_classes=0)')
-    x = x.astype(jnp.float32)
-    conv = lambda features, **kw: Conv3x3(features, impl=self.conv_impl, **kw)
+    dt = self.dtype
+    x = x.astype(dt)
+    conv = lambda features, **kw: Conv3x3(features, impl=self.conv_impl, **{'dtype': dt, **kw})
     res = lambda features, name: ResBlock(features, self.dropout, self.norm_groups, self.conv_impl,
-                                          name=name)
-    attn = lambda name: AttnBlock(self.num_heads, self.norm_groups, name=name)
+                                          dt, name=name)
+    attn = lambda name: AttnBlock(self.num_heads, self.norm_groups, dt, name=name)
 
     emb_dim = 4 * self.channels
-    emb = sinusoidal_embedding(self.embed_scale * c_noise, self.channels)
-    emb = nn.Dense(emb_dim, kernel_init=_default_init, name='embed_mlp_0')(emb)
-    emb = nn.Dense(emb_dim, kernel_init=_default_init, name='embed_mlp_1')(nn.silu(emb))
+    emb = sinusoidal_embedding(self.embed_scale * c_noise, self.channels)   # float32
+    emb = nn.Dense(emb_dim, kernel_init=_default_init, dtype=dt, name='embed_mlp_0')(emb)
+    emb = nn.Dense(emb_dim, kernel_init=_default_init, dtype=dt, name='embed_mlp_1')(
+        nn.silu(emb))
     if self.num_classes:
-      emb = emb + _label_embedding(labels, x.shape[0], self.num_classes, emb_dim)
+      emb = emb + _label_embedding(labels, x.shape[0], self.num_classes, emb_dim, dt)
 
     h = conv(self.channels, name='conv_in')(x)
     skips = [h]
@@ -319,7 +346,8 @@ class UNet(nn.Module):
 
     h = nn.silu(GroupNorm(self.norm_groups, name='norm_out')(h))
     out = self.out_channels or x.shape[-1]
-    return conv(out, kernel_init=_zeros, name='conv_out')(h)
+    # The prediction enters the loss: the last conv (a few output channels) runs in float32.
+    return conv(out, kernel_init=_zeros, dtype=jnp.float32, name='conv_out')(h)
 
 
 class MLPDenoiser(nn.Module):
@@ -330,6 +358,7 @@ class MLPDenoiser(nn.Module):
   num_classes: int = 0
   embed_scale: float = 1000.
   dropout: float = 0.
+  dtype: jnp.dtype = jnp.float32  # compute dtype (params float32; output float32)
 
   @nn.compact
   def __call__(self, x, c_noise, labels=None, *, train: bool):
@@ -337,15 +366,21 @@ class MLPDenoiser(nn.Module):
       raise ValueError(f'MLPDenoiser expects [B, D] inputs, got shape {x.shape}')
     if labels is not None and not self.num_classes:
       raise ValueError('MLPDenoiser: labels given to an unconditional model (num_classes=0)')
-    x = x.astype(jnp.float32)
-    emb = sinusoidal_embedding(self.embed_scale * c_noise, self.hidden)
-    emb = nn.Dense(self.hidden, kernel_init=_default_init, name='embed_mlp')(emb)
+    dt = self.dtype
+    x = x.astype(dt)
+    dense = lambda name, **kw: nn.Dense(self.hidden, kernel_init=_default_init, dtype=dt,
+                                        name=name, **kw)
+    emb = sinusoidal_embedding(self.embed_scale * c_noise, self.hidden)    # float32
+    emb = dense('embed_mlp')(emb)
     if self.num_classes:
-      emb = emb + _label_embedding(labels, x.shape[0], self.num_classes, self.hidden)
+      emb = emb + _label_embedding(labels, x.shape[0], self.num_classes, self.hidden, dt)
     emb = nn.silu(emb)
-    h = nn.Dense(self.hidden, kernel_init=_default_init, name='dense_in')(x)
+    h = dense('dense_in')(x)
     for i in range(self.depth):
-      z = nn.Dense(self.hidden, kernel_init=_default_init, name=f'block{i}_0')(nn.silu(h) + emb)
+      z = dense(f'block{i}_0')(nn.silu(h) + emb)
       z = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(z))
-      h = h + nn.Dense(self.hidden, kernel_init=_default_init, name=f'block{i}_1')(z)
-    return nn.Dense(x.shape[-1], kernel_init=_zeros, name='dense_out')(nn.silu(h))
+      h = h + dense(f'block{i}_1')(z)
+    # The prediction enters the loss: float32 accumulation and output.
+    out = nn.Dense(x.shape[-1], kernel_init=_zeros, name='dense_out',
+                   **precision.f32_output(dt))(nn.silu(h))
+    return out.astype(jnp.float32)

@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from research import configs, optim, parallel
+from research import configs, optim, parallel, precision
 from research.data import datasets
 from research.evaluation import toy_mixtures
 from research.family import Family
@@ -146,22 +146,27 @@ class GAN(Family):
                     config.eval.batch_size, f'must be a multiple of gan.pack={g.pack} x devices')
 
   # --- networks -----------------------------------------------------------------------------
+  # Both networks compute in config.precision.compute (float32 params, samples and logits).
   def _generator(self, axis_name=None):
     m = self.config.model
+    dtype = precision.compute_dtype(self.config)
     if m.arch == 'mlp':
       return networks.MLPGenerator(hidden=_ints(m.g_hidden), out_dim=2,
-                                   batch_norm=m.g_batch_norm, axis_name=axis_name)
+                                   batch_norm=m.g_batch_norm, axis_name=axis_name, dtype=dtype)
     return networks.DCGANGenerator(out_shape=tuple(self._info.image_shape),
                                    channels=m.g_channels, num_classes=self._num_classes,
-                                   axis_name=axis_name)
+                                   axis_name=axis_name, dtype=dtype)
 
   def _discriminator(self):
     m = self.config.model
+    dtype = precision.compute_dtype(self.config)
     if m.arch == 'mlp':
       return networks.MaxoutDiscriminator(hidden=_ints(m.d_hidden), pieces=m.maxout_pieces,
-                                          spectral_norm=m.spectral_norm, dropout=m.d_dropout)
+                                          spectral_norm=m.spectral_norm, dropout=m.d_dropout,
+                                          dtype=dtype)
     return networks.DCGANDiscriminator(channels=m.d_channels, spectral_norm=m.spectral_norm,
-                                       dropout=m.d_dropout, num_classes=self._num_classes)
+                                       dropout=m.d_dropout, num_classes=self._num_classes,
+                                       dtype=dtype)
 
   def _generate(self, params, g_state, z, labels, axis_name=None):
     """(fakes, new generator batch_stats). Batch norm always uses batch statistics."""
@@ -216,10 +221,12 @@ class GAN(Family):
     d_vars = self._discriminator().init({'params': k_d, 'dropout': k_d}, x_packed, d_labels,
                                         train=False)
     steps = self.config.train.num_steps
-    g_tx, _ = optim.make(self.config.optimizer, steps)
+    moments = self.config.precision.moments
+    g_tx, _ = optim.make(self.config.optimizer, steps, moments_dtype=moments)
     d_opt = self.config.optimizer.copy_and_resolve_references()
     d_opt.lr = g_cfg.d_lr or d_opt.lr
-    d_tx, _ = optim.make(d_opt, steps * g_cfg.n_critic)   # D's own step count
+    d_tx, _ = optim.make(d_opt, steps * g_cfg.n_critic,   # D's own step count
+                         moments_dtype=moments)
     split = lambda v: ({k: w for k, w in v.items() if k != 'params'})
     g = TrainState.create(g_vars['params'], g_tx, split(g_vars),
                           ema_decay=self.config.optimizer.ema_decay)

@@ -9,6 +9,9 @@
 - Eval: per-window sums of the token NLL, of the scored tokens and of the characters they
   spell, so `finalize_eval` reports exact held-out bits per token, bits per character and
   perplexity over the whole split (ratios of sums; padded windows count nothing).
+- Precision: the transformer computes in `config.precision.compute` (bf16: matmuls and the
+  residual stream; norm statistics, attention softmax and logits stay float32; parameters are
+  float32 either way; research/precision.py).
 - Sample: `config.prompt` (default: the start of a document) continued by the KV-cache sampler
   (research/lm/generate.py) with `config.sample.*`; the text goes to samples/*.txt.
 - Fine-tuning (experiments/sft_shakespeare_dialogue): `config.init_from.workdir` starts from a
@@ -33,14 +36,14 @@ import numpy as np
 import optax
 
 from research import checkpoint as ckpt_lib
-from research import configs, optim, parallel
+from research import configs, optim, parallel, precision
 from research.data import datasets
 from research.data import text as text_data
 from research.family import Family
 from research.lm import generate as gen
 from research.lm import lora
 from research.lm import model as model_lib
-from research.train_state import TrainState, standard_train_step
+from research.train_state import TrainState
 
 
 class LM(Family):
@@ -69,7 +72,6 @@ class LM(Family):
     c.model.attn_dropout = 0.0
     c.model.max_len = 0               # longest sequence (prompt + generation); 0 = data.seq_len
     c.model.rope_base = 10000.0
-    c.model.dtype = 'float32'         # compute dtype: float32 | bfloat16 (params stay float32)
     c.model.init_std = 0.02
     c.model.lora_rank = 0             # > 0: LoRA adapters of this rank on the attention and MLP
                                       # kernels, base frozen (research/lm/lora.py); 0 = off
@@ -88,7 +90,6 @@ class LM(Family):
   def validate_config(cls, config: ml_collections.ConfigDict) -> None:
     m, s = config.model, config.sample
     configs.one_of(m.mlp, model_lib.MLPS, 'model.mlp')
-    configs.one_of(m.dtype, tuple(model_lib.DTYPES), 'model.dtype')
     for name in ('num_layers', 'num_heads', 'd_model'):
       configs.require(m[name] > 0, f'model.{name}', m[name], 'must be > 0')
     configs.require(m.d_model % m.num_heads == 0 and (m.d_model // m.num_heads) % 2 == 0,
@@ -152,12 +153,18 @@ class LM(Family):
       params = lora.add(params, self.lora_rank, jax.random.fold_in(key, 1))
       opt_cfg = ml_collections.ConfigDict(opt_cfg.to_dict())
       opt_cfg.frozen = ','.join(p for p in (opt_cfg.frozen.strip(), lora.FROZEN_BASE) if p)
-    tx = optim.make(opt_cfg, self.config.train.num_steps)[0]
+    tx = optim.make(opt_cfg, self.config.train.num_steps,
+                    moments_dtype=self.config.precision.moments)[0]
     return TrainState.create(params, tx, ema_decay=self.config.optimizer.ema_decay)
 
-  def train_step(self, state, batch, key):
-    return standard_train_step(self._loss, state, batch, key,
-                               self.config.optimizer.grad_accum_steps)
+  def objective(self, state):
+    return self._loss
+
+  def sharding_rules(self):
+    # Megatron-LM (Shoeybi et al. 2019): column-split the fused q|k|v and the MLP's input
+    # projections, row-split the projections back, so each block needs one all-reduce forward.
+    return (('attn/qkv/kernel$', (None, 'model')), ('attn/out/kernel$', ('model', None)),
+            ('mlp/(gate|up)/kernel$', (None, 'model')), ('mlp/down/kernel$', ('model', None)))
 
   def eval_step(self, state, batch, key):
     del key
@@ -227,10 +234,12 @@ class LM(Family):
 
 
 def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> model_lib.TransformerConfig:
-  """The static TransformerConfig of a run (max_len 0 means the data's sequence length)."""
+  """The static TransformerConfig of a run (max_len 0 means the data's sequence length), computing
+  in `config.precision.compute` (a run saved before that section: its old `model.dtype`)."""
   m = ml_collections.ConfigDict(config.model.to_dict())
   m.max_len = m.max_len or config.data.seq_len
-  return model_lib.TransformerConfig.from_config(m, vocab_size)
+  return model_lib.TransformerConfig.from_config(m, vocab_size,
+                                                 dtype=precision.compute_name(config))
 
 
 # ---------------------------------------------------------------------------------------------

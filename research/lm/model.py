@@ -8,8 +8,9 @@ rotary position embeddings (RoPE, Su et al. 2021, arXiv:2104.09864, in the GPT-N
 biases. Kernels are N(0, init_std); the projections that write into the residual stream are
 scaled by 1/sqrt(2 num_layers) (GPT-2), so the residual stream's variance does not grow with depth.
 
-`dtype` is the compute dtype: parameters stay float32, matmuls and activations run in `dtype`,
-while norms' reductions, attention softmax and the logits are float32.
+`dtype` is the compute dtype (a run's `config.precision.compute`): parameters stay float32,
+matmuls and activations run in `dtype`, while norms' reductions, attention softmax and the logits
+are float32.
 
 Positions are per row, so left-padded batches (generation) give every prompt positions
 0..len-1 on its real tokens, whatever the padding in front; RoPE makes attention depend only on
@@ -81,16 +82,19 @@ class TransformerConfig:
     return DTYPES[self.dtype]
 
   @classmethod
-  def from_config(cls, model_cfg, vocab_size: int) -> TransformerConfig:
+  def from_config(cls, model_cfg, vocab_size: int, dtype: str | None = None) -> TransformerConfig:
     """From a config's `model` section (an ml_collections.ConfigDict or any mapping); the
-    vocabulary size comes from the tokenizer. `attn_dropout` and `init_std` are optional."""
+    vocabulary size comes from the tokenizer. `attn_dropout` and `init_std` are optional. The
+    compute dtype is `dtype` (a run's `config.precision.compute`, see `lm.family.model_config`),
+    else the section's own `dtype` (configs saved before `precision` existed), else float32."""
     get = model_cfg.get
+    dtype = dtype or get('dtype', None) or 'float32'
     return cls(vocab_size=int(vocab_size), num_layers=int(model_cfg.num_layers),
                num_heads=int(model_cfg.num_heads), d_model=int(model_cfg.d_model),
                mlp_dim=int(model_cfg.mlp_dim), mlp=str(model_cfg.mlp),
                dropout=float(model_cfg.dropout), attn_dropout=float(get('attn_dropout', 0.)),
                max_len=int(model_cfg.max_len), rope_base=float(model_cfg.rope_base),
-               dtype=str(model_cfg.dtype), init_std=float(get('init_std', 0.02)))
+               dtype=str(dtype), init_std=float(get('init_std', 0.02)))
 
 
 def param_count(cfg: TransformerConfig) -> int:

@@ -22,7 +22,7 @@ from research import configs, optim
 from research.data import datasets
 from research.lm import tokenizers
 from research.lm.family import LM
-from research.train_state import TrainState, standard_train_step
+from research.train_state import TrainState
 
 
 def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float,
@@ -61,7 +61,8 @@ class DPO(LM):
 
   def init_state(self, key, batch):
     params = self.net.init(key, batch['tokens'][:1, :-1])['params']
-    tx = optim.make(self.config.optimizer, self.config.train.num_steps)[0]
+    tx = optim.make(self.config.optimizer, self.config.train.num_steps,
+                    moments_dtype=self.config.precision.moments)[0]
     return TrainState.create(params, tx, model_state={'ref': jax.tree.map(jnp.copy, params)},
                              ema_decay=self.config.optimizer.ema_decay)
 
@@ -93,9 +94,8 @@ class DPO(LM):
                'reward_rejected': jnp.mean(r_l)}
     return jnp.mean(loss), (metrics, model_state)
 
-  def train_step(self, state, batch, key):
-    return standard_train_step(self._loss, state, batch, key,
-                               self.config.optimizer.grad_accum_steps)
+  def objective(self, state):
+    return self._loss
 
   def eval_step(self, state, batch, key):
     del key

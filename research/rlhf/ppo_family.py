@@ -75,8 +75,10 @@ class PPO(lm_family.LM):
     if config.rlhf.reward == 'model':
       rm_cfg = ml_collections.ConfigDict(lm_family.source_config(config.rlhf.reward_workdir))
       rm_model = lm_family.model_config(rm_cfg, self.tokenizer.vocab_size)
+      # The reward model runs in this run's compute dtype (config.precision.compute).
       self.rm_net = model_lib.Transformer(dataclasses.replace(
-          rm_model, dropout=0.0, attn_dropout=0.0, max_len=self.model_cfg.max_len))
+          rm_model, dropout=0.0, attn_dropout=0.0, max_len=self.model_cfg.max_len,
+          dtype=self.model_cfg.dtype))
 
   # --- config -------------------------------------------------------------------------------
   @classmethod
@@ -151,7 +153,8 @@ class PPO(lm_family.LM):
       reward = dict(self.rm_net.init(key, prompts)['params'],
                     **{heads.REWARD: heads.init_head(key, self.rm_net.cfg.d_model, 0.0)})
     p, steps = self.config.ppo, self.config.train.num_steps
-    tx = optim.make(self.config.optimizer, steps * p.epochs * p.minibatches)[0]
+    tx = optim.make(self.config.optimizer, steps * p.epochs * p.minibatches,
+                    moments_dtype=self.config.precision.moments)[0]
     # score_norm (shift, scale); scale 0 = not measured yet (the first iteration sets it).
     norm = [0.0, 0.0] if self.config.rlhf.normalize_score else [0.0, 1.0]
     frozen = {'ref': jax.tree.map(jnp.copy, lm), 'reward': reward,

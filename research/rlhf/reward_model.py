@@ -26,7 +26,7 @@ from research.lm import model as model_lib
 from research.lm import tokenizers
 from research.lm.family import LM
 from research.rlhf import heads
-from research.train_state import TrainState, standard_train_step
+from research.train_state import TrainState
 
 
 class RewardModel(LM):
@@ -63,7 +63,8 @@ class RewardModel(LM):
     d = self.model_cfg.d_model
     std = self.config.reward.head_init_std or (d + 1) ** -0.5
     params = dict(lm_params, **{heads.REWARD: heads.init_head(jax.random.fold_in(key, 1), d, std)})
-    tx = optim.make(self.config.optimizer, self.config.train.num_steps)[0]
+    tx = optim.make(self.config.optimizer, self.config.train.num_steps,
+                    moments_dtype=self.config.precision.moments)[0]
     return TrainState.create(params, tx, ema_decay=self.config.optimizer.ema_decay)
 
   def scores(self, params, tokens, *, train: bool = False, key=None):
@@ -91,9 +92,8 @@ class RewardModel(LM):
       loss = loss + self.config.reward.center_coef * jnp.mean(jnp.square(r_w + r_l))
     return loss, (metrics, model_state)
 
-  def train_step(self, state, batch, key):
-    return standard_train_step(self._loss, state, batch, key,
-                               self.config.optimizer.grad_accum_steps)
+  def objective(self, state):
+    return self._loss
 
   def eval_step(self, state, batch, key):
     del key

@@ -2,6 +2,7 @@
 ELBO and the importance-weighted bound IWAE(k) (Burda et al. 2016) on log p(x).
 
 Metrics are nats per example: neg_elbo = recon + kl >= iwae_nll >= -log p(x) (in expectation).
+The networks compute in `config.precision.compute` (networks.py); the bounds are float32.
 """
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from research import configs, optim, parallel
+from research import configs, optim, parallel, precision
 from research.family import Family
-from research.train_state import TrainState, standard_train_step
+from research.train_state import TrainState
 from research.vae import networks, vae
 
 _NUM_RECONSTRUCTIONS = 16   # originals shown in the 'reconstructions' grid (each with its recon)
@@ -81,7 +82,8 @@ class VAE(Family):
   # --- helpers ------------------------------------------------------------------------------
   def _fns(self, params):
     """(encode, log_lik) closures over `params` for the functions in vae.py."""
-    model = networks.make_model(self.config.model, networks.image_shape(params))
+    model = networks.make_model(self.config.model, networks.image_shape(params),
+                                precision.compute_dtype(self.config))
     likelihood = self.config.model.likelihood
 
     def encode(x):
@@ -110,12 +112,14 @@ class VAE(Family):
   def init_state(self, key: jax.Array, batch: Mapping[str, jax.Array]) -> TrainState:
     x = batch['image']
     chex.assert_rank(x, 4)
-    model = networks.make_model(self.config.model, x.shape[1:])
+    model = networks.make_model(self.config.model, x.shape[1:],
+                                precision.compute_dtype(self.config))
     params = model.init(key, x[:1])['params']
-    tx, _ = optim.make(self.config.optimizer, self.config.train.num_steps)
+    tx, _ = optim.make(self.config.optimizer, self.config.train.num_steps,
+                       moments_dtype=self.config.precision.moments)
     return TrainState.create(params, tx, {}, ema_decay=self.config.optimizer.ema_decay)
 
-  def train_step(self, state: TrainState, batch, key):
+  def objective(self, state: TrainState):
     beta = self._beta(state.step)
 
     def loss_fn(params, model_state, batch, key):
@@ -124,11 +128,8 @@ class VAE(Family):
       terms = vae.elbo(encode, log_lik, x, parallel.per_example_keys(key, x.shape[0]), beta)
       chex.assert_shape(terms['loss'], (x.shape[0],))
       metrics = {name: jnp.mean(terms[name]) for name in ('neg_elbo', 'recon', 'kl')}
-      return jnp.mean(terms['loss']), (metrics, model_state)
-
-    state, metrics = standard_train_step(loss_fn, state, batch, key,
-                                         accum_steps=self.config.optimizer.grad_accum_steps)
-    return state, dict(metrics, beta=beta)
+      return jnp.mean(terms['loss']), (dict(metrics, beta=beta), model_state)
+    return loss_fn
 
   def eval_step(self, state: TrainState, batch, key):
     params = state.eval_params

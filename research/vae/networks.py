@@ -6,6 +6,12 @@ Gaussian one; `log_scale` is a learned per-pixel log standard deviation (Gaussia
 None). Both decoders end in a free per-pixel bias `pixel_bias` of shape [H, W, C]; besides being
 the usual output bias it records the image shape in the params, so sampling (which sees no
 batch) can rebuild the model: `image_shape(params)`.
+
+Precision: every network takes `dtype`, the compute dtype (a run's `config.precision.compute`,
+research/precision.py). Parameters stay float32; inputs (x, z) are cast to `dtype` at the first
+layer; the outputs that enter the ELBO -- (mean, log_var) and (loc, log_scale) -- are float32:
+their layers accumulate in float32 (`precision.f32_output`) and the pixel bias and log-scale are
+added in float32.
 """
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ from typing import Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from research import precision
+
 ACTIVATIONS: dict[str, Callable] = {
     'relu': nn.relu, 'tanh': jnp.tanh, 'elu': nn.elu, 'gelu': nn.gelu, 'silu': nn.silu,
     'softplus': nn.softplus, 'leaky_relu': nn.leaky_relu,
@@ -23,12 +31,15 @@ LIKELIHOODS = ('bernoulli', 'gaussian')
 
 
 class _GaussianHead(nn.Module):
-  """Features -> (mean, log_var) of q(z|x)."""
+  """Features -> (mean, log_var) of q(z|x), float32."""
   latent_dim: int
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, h):
-    return nn.Dense(self.latent_dim, name='mean')(h), nn.Dense(self.latent_dim, name='log_var')(h)
+    out = lambda name: nn.Dense(self.latent_dim, name=name, **precision.f32_output(self.dtype))(
+        h).astype(jnp.float32)
+    return out('mean'), out('log_var')
 
 
 class _PixelOutput(nn.Module):
@@ -38,6 +49,7 @@ class _PixelOutput(nn.Module):
 
   @nn.compact
   def __call__(self, h):
+    h = h.astype(jnp.float32)
     loc = h + self.param('pixel_bias', nn.initializers.zeros, self.image_shape)
     if self.likelihood == 'gaussian':
       return loc, self.param('log_scale', nn.initializers.zeros, self.image_shape)
@@ -48,13 +60,14 @@ class MLPEncoder(nn.Module):
   hidden: Sequence[int]
   latent_dim: int
   activation: Callable = jnp.tanh
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    h = x.reshape(x.shape[0], -1)
+    h = x.reshape(x.shape[0], -1).astype(self.dtype)
     for width in self.hidden:
-      h = self.activation(nn.Dense(width)(h))
-    return _GaussianHead(self.latent_dim)(h)
+      h = self.activation(nn.Dense(width, dtype=self.dtype)(h))
+    return _GaussianHead(self.latent_dim, self.dtype)(h)
 
 
 class MLPDecoder(nn.Module):
@@ -62,13 +75,15 @@ class MLPDecoder(nn.Module):
   image_shape: tuple[int, int, int]
   likelihood: str = 'bernoulli'
   activation: Callable = jnp.tanh
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, z):
-    h = z
+    h = z.astype(self.dtype)
     for width in reversed(self.hidden):
-      h = self.activation(nn.Dense(width)(h))
-    h = nn.Dense(math.prod(self.image_shape), use_bias=False)(h)
+      h = self.activation(nn.Dense(width, dtype=self.dtype)(h))
+    h = nn.Dense(math.prod(self.image_shape), use_bias=False,
+                 **precision.f32_output(self.dtype))(h)
     h = h.reshape((-1,) + self.image_shape)
     return _PixelOutput(self.image_shape, self.likelihood, name='output')(h)
 
@@ -79,16 +94,17 @@ class ConvEncoder(nn.Module):
   hidden: Sequence[int]
   latent_dim: int
   activation: Callable = nn.relu
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    h = x
+    h = x.astype(self.dtype)
     for c in self.channels:
-      h = self.activation(nn.Conv(c, (4, 4), strides=(2, 2), padding='SAME')(h))
+      h = self.activation(nn.Conv(c, (4, 4), strides=(2, 2), padding='SAME', dtype=self.dtype)(h))
     h = h.reshape(h.shape[0], -1)
     for width in self.hidden:
-      h = self.activation(nn.Dense(width)(h))
-    return _GaussianHead(self.latent_dim)(h)
+      h = self.activation(nn.Dense(width, dtype=self.dtype)(h))
+    return _GaussianHead(self.latent_dim, self.dtype)(h)
 
 
 def _upsample(h):
@@ -108,6 +124,7 @@ class ConvDecoder(nn.Module):
   image_shape: tuple[int, int, int]
   likelihood: str = 'bernoulli'
   activation: Callable = nn.relu
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, z):
@@ -116,14 +133,16 @@ class ConvDecoder(nn.Module):
     if height % f or width % f:
       raise ValueError(f'conv decoder: image {height}x{width} must divide by 2^{len(self.channels)}'
                        f'={f} (one halving per model.conv_channels entry); use fewer channels')
-    h = z
+    dt = self.dtype
+    h = z.astype(dt)
     for w in reversed(self.hidden):
-      h = self.activation(nn.Dense(w)(h))
+      h = self.activation(nn.Dense(w, dtype=dt)(h))
     h0 = (height // f, width // f, self.channels[-1])
-    h = self.activation(nn.Dense(h0[0] * h0[1] * h0[2])(h)).reshape((-1,) + h0)
+    h = self.activation(nn.Dense(h0[0] * h0[1] * h0[2], dtype=dt)(h)).reshape((-1,) + h0)
     for c in reversed(self.channels):
-      h = self.activation(_upsample(nn.Conv(4 * c, (3, 3), padding='SAME')(h)))
-    h = nn.Conv(out_channels, (3, 3), padding='SAME', use_bias=False)(h)
+      h = self.activation(_upsample(nn.Conv(4 * c, (3, 3), padding='SAME', dtype=dt)(h)))
+    h = nn.Conv(out_channels, (3, 3), padding='SAME', use_bias=False,
+                **precision.f32_output_conv(dt))(h)
     return _PixelOutput(self.image_shape, self.likelihood, name='output')(h)
 
 
@@ -148,18 +167,19 @@ def parse_ints(text: str) -> tuple[int, ...]:
   return tuple(int(t) for t in text.split(',') if t.strip())
 
 
-def make_model(model_cfg, image_shape: Sequence[int]) -> VAEModel:
-  """The VAE for `config.model` and images of shape [H, W, C]."""
+def make_model(model_cfg, image_shape: Sequence[int], dtype=jnp.float32) -> VAEModel:
+  """The VAE for `config.model` and images of shape [H, W, C], computing in `dtype`."""
   image_shape = tuple(int(s) for s in image_shape)
   act = ACTIVATIONS[model_cfg.activation]
   hidden = parse_ints(model_cfg.hidden)
   if model_cfg.arch == 'mlp':
-    enc = MLPEncoder(hidden, model_cfg.latent_dim, act, name='encoder')
-    dec = MLPDecoder(hidden, image_shape, model_cfg.likelihood, act, name='decoder')
+    enc = MLPEncoder(hidden, model_cfg.latent_dim, act, dtype, name='encoder')
+    dec = MLPDecoder(hidden, image_shape, model_cfg.likelihood, act, dtype, name='decoder')
   else:
     channels = parse_ints(model_cfg.conv_channels)
-    enc = ConvEncoder(channels, hidden, model_cfg.latent_dim, act, name='encoder')
-    dec = ConvDecoder(channels, hidden, image_shape, model_cfg.likelihood, act, name='decoder')
+    enc = ConvEncoder(channels, hidden, model_cfg.latent_dim, act, dtype, name='encoder')
+    dec = ConvDecoder(channels, hidden, image_shape, model_cfg.likelihood, act, dtype,
+                      name='decoder')
   return VAEModel(enc, dec)
 
 
