@@ -23,6 +23,8 @@
 | shakespeare_  | preference pairs (prompt, chosen, rejected) from the   | -                        |
 |   preferences | record store data.records (research/records.py), for a |                          |
 |               | reward model / DPO; train / test by metadata or hash   |                          |
+| lm1b          | -                                                      | `lm1b` 30301028 / 306688 |
+|               |                                                        | sentences, one per row   |
 
 The package builders (research/data/builders) are TFDS `GeneratorBasedBuilder`s that read the
 installed package's files, are prepared once as ArrayRecord into `config.data.data_dir`
@@ -71,7 +73,10 @@ FASHION_MNIST_FILES = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz
 SOURCES = ('package', 'tfds')
 BINARIZE_MODES = ('none', 'dynamic', 'threshold')
 DEDUP_MODES = ('none', 'exact', 'near')
-TEXT_NAMES = ('shakespeare',)
+TEXT_NAMES = ('shakespeare', 'lm1b')
+# Corpora of many short documents (sentences), read one per example and tokenized as they are
+# read (research/data/text.py `SentenceReader`): nothing holds the whole corpus in memory.
+SENTENCE_NAMES = ('lm1b',)
 # Supervised fine-tuning text: name -> the text dataset whose documents (and tokenizer) it uses.
 DIALOGUE_NAMES = {'shakespeare_dialogue': 'shakespeare'}
 # RLHF text, name -> its corpus (whose tokenizer it uses): PPO rollout prompts (the prompt side of
@@ -145,6 +150,10 @@ DATASETS = {
         (), 0,
         package=_Variant('genlab_shakespeare', {'train': 34, 'test': 3}),
         tfds=None),
+    # One Billion Word (Chelba et al. 2013), the cloud LM benchmark: one sentence per example.
+    'lm1b': _Dataset(
+        (), 0, package=None,
+        tfds=_Variant('lm1b', {'train': 30_301_028, 'test': 306_688})),
     # Dialogue pairs of the same plays (research/data/text.py); info() counts pairs.
     'shakespeare_dialogue': _Dataset(
         (), 0,
@@ -179,6 +188,11 @@ def corpus(name: str) -> str:
   """The text dataset whose documents and tokenizer a text dataset uses (a derived dataset's
   corpus; a corpus itself)."""
   return DERIVED_NAMES.get(name, name)
+
+
+def is_sentences(name: str) -> bool:
+  """Whether `name` is a sentence corpus (one example per sentence, tokenized as read)."""
+  return name in SENTENCE_NAMES
 
 
 def is_derived(name: str) -> bool:

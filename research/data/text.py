@@ -6,6 +6,12 @@ dataset 'shakespeare_dialogue' for supervised fine-tuning, and for RLHF the prom
 Documents: the examples of a split ({'name', 'text'} as UTF-8 bytes, research/data/builders),
 in name order.
 
+Sentence corpora (`datasets.is_sentences`: 'lm1b', One Billion Word through TFDS, the cloud
+path): 30M sentences are no single stream. Example i is sentence i, read and tokenized only when
+its batch is read (`SentenceReader`): BOS sentence EOS cut to L + 1 tokens, padded with pad, no
+packing (the loss mask skips the padding). The tokenizer is fit on the first sentences of the
+train split up to `SENTENCE_TOKENIZER_CHARS` characters.
+
 Tokenizer (`tokenizer(data_cfg)`): `data.tokenizer` ('byte' | 'char' | 'bpe' with
 `data.vocab_size` pieces, research/lm/tokenizers.py) fit on `train_text(data_cfg)`, the documents
 of `data.train_split` (never the held-out text). It is built once and cached on disk next to the
@@ -125,6 +131,10 @@ from research.data import datasets
 from research.data import pipeline
 from research.lm import tokenizers
 
+# A sentence corpus's tokenizer is fit on its first sentences up to this many characters (the
+# Flax lm1b example's sentencepiece sample size): the full 4 GB train split would add nothing.
+SENTENCE_TOKENIZER_CHARS = 10_000_000
+
 # ---------------------------------------------------------------------------------------------
 # Documents and the tokenizer
 
@@ -180,15 +190,38 @@ def tokenizer_mismatch(data_cfg, other) -> tuple[str, object, object] | None:
   return None
 
 
+def _sentence_sample(name: str, source: str, data_dir: str, split: str) -> str:
+  """The first sentences of a sentence corpus's split, up to SENTENCE_TOKENIZER_CHARS
+  characters, one per line: the text its tokenizer is fit on."""
+  src = datasets.open_source(name, source, data_dir, split)
+  lines, size = [], 0
+  for i in range(len(src)):
+    if size >= SENTENCE_TOKENIZER_CHARS:
+      break
+    lines.append(bytes(src[i]['text']).decode('utf-8'))
+    size += len(lines[-1]) + 1
+  return '\n'.join(lines)
+
+
+def _tokenizer_root(name: str, source: str, data_dir: str) -> str:
+  data_dir = os.path.expanduser(data_dir) if data_dir else None
+  if source == 'package':
+    builder = datasets.prepared_builder(datasets.DATASETS[name].package.builder, data_dir)
+    return os.path.join(os.fspath(builder.data_dir_root), 'genlab_tokenizers')
+  return os.path.join(data_dir or os.path.expanduser('~/tensorflow_datasets'),
+                      'genlab_tokenizers')
+
+
 @functools.lru_cache(maxsize=8)
 def _cached_tokenizer(name, source, data_dir, train_split, kind, vocab_size):
   """(tokenizer, its cache directory), built on first use by any process (see the docstring)."""
-  text = '\n'.join(t for _, t in _documents(name, source, data_dir, train_split))
+  if datasets.is_sentences(name):
+    text = _sentence_sample(name, source, data_dir, train_split)
+  else:
+    text = '\n'.join(t for _, t in _documents(name, source, data_dir, train_split))
   digest = hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]
-  builder = datasets.prepared_builder(datasets.DATASETS[name].package.builder,
-                                      os.path.expanduser(data_dir) if data_dir else None)
   tag = f'{name}-{kind}{vocab_size or ""}-{digest}'
-  root = os.path.join(os.fspath(builder.data_dir_root), 'genlab_tokenizers')
+  root = _tokenizer_root(name, source, data_dir)
   path = os.path.join(root, tag)
   if not os.path.isfile(os.path.join(path, 'tokenizer.json')):
     with datasets.file_lock(os.path.join(root, f'.{tag}.lock')):
@@ -274,6 +307,42 @@ class WindowReader(pipeline._Reader):  # pylint: disable=protected-access
     return {'loss_mask': (batch[self.key][:, 1:] != tokenizers.PAD).astype(np.float32)}
 
 
+class SentenceReader(pipeline._Reader):  # pylint: disable=protected-access
+  """A sentence corpus (lm1b): example i is sentence i of the split, read and tokenized when
+  its batch is read, as BOS sentence EOS cut to seq_len + 1 tokens and padded with pad. Rows
+  are independent (no packing across sentences), so the split never sits in memory and random
+  access (grain's shuffle, host sharding, exact resume) is the data source's."""
+  key = 'tokens'
+
+  # pylint: disable-next=super-init-not-called
+  def __init__(self, source, tok: tokenizers.Tokenizer, seq_len: int):
+    self._source, self._arrays = None, None   # rows come from `source` through the tokenizer
+    self._sentences, self._tok, self.seq_len = source, tok, seq_len
+    self.num_examples = len(source)
+
+  def rows(self, indices: np.ndarray):
+    out = np.full((len(indices), self.seq_len + 1), tokenizers.PAD, np.int32)
+    for row, i in enumerate(np.asarray(indices, np.int64)):
+      ids = self._tok.encode_array(bytes(self._sentences[int(i)]['text']).decode('utf-8'))
+      seq = np.concatenate([[tokenizers.BOS], ids, [tokenizers.EOS]])[:self.seq_len + 1]
+      out[row, :len(seq)] = seq
+    return out, None
+
+  @staticmethod
+  def to_features(rows: np.ndarray) -> np.ndarray:
+    return rows
+
+  def eval_entries(self, batch: dict) -> dict:
+    return {'loss_mask': (batch[self.key][:, 1:] != tokenizers.PAD).astype(np.float32)}
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_sentence_reader(tok_key: tuple, split: str, seq_len: int) -> SentenceReader:
+  name, source, data_dir = tok_key[:3]
+  return SentenceReader(datasets.open_source(name, source, data_dir, split),
+                        _cached_tokenizer(*tok_key)[0], seq_len)
+
+
 @functools.lru_cache(maxsize=8)
 def _cached_reader(tok_key: tuple, split: str, seq_len: int, train: bool) -> WindowReader:
   return WindowReader(_cached_stream(tok_key, split), seq_len, train)
@@ -293,6 +362,8 @@ def reader(data_cfg, split: str, train: bool = False
     return _cached_prompt_reader(_tokenizer_key(data_cfg), split, int(data_cfg.seq_len))
   if datasets.is_dialogue(data_cfg.name):
     return _cached_pair_reader(_tokenizer_key(data_cfg), split, int(data_cfg.seq_len))
+  if datasets.is_sentences(data_cfg.name):
+    return _cached_sentence_reader(_tokenizer_key(data_cfg), split, int(data_cfg.seq_len))
   return _cached_reader(_tokenizer_key(data_cfg), split, int(data_cfg.seq_len), train)
 
 

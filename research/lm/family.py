@@ -43,6 +43,7 @@ from research.family import Family
 from research.lm import generate as gen
 from research.lm import lora
 from research.lm import model as model_lib
+from research.lm import tokenizers
 from research.train_state import TrainState
 
 
@@ -137,7 +138,9 @@ class LM(Family):
   def _loss(self, params, model_state, batch, key):
     tokens = batch['tokens']
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    weights = batch.get('loss_mask', jnp.ones(targets.shape, jnp.float32))
+    # Fine-tuning data masks its prompts; otherwise every real target counts (pad never occurs
+    # in a packed window, and pads out a sentence corpus's rows).
+    weights = batch.get('loss_mask', (targets != tokenizers.PAD).astype(jnp.float32))
     logits, _ = self._apply(params, inputs, train=True, key=key)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     n = jnp.maximum(weights.sum(), 1.0)
