@@ -250,12 +250,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   fam = family_class(config.family)
   check_schema(config, defaults(config.family))
   # Local imports keep `configs` importable from every module without cycles.
-  from research import curriculum, optim
+  from research import curriculum, optim, precision
   from research.data import datasets
   pc = config.parallel
   one_of(pc.mode, ('data', 'sharded'), 'parallel.mode')
-  one_of(config.precision.compute, ('float32', 'bfloat16'), 'precision.compute')
-  one_of(config.precision.moments, ('float32', 'bfloat16'), 'precision.moments')
+  one_of(config.precision.compute, precision.DTYPES, 'precision.compute')  # moments: by optim
   if pc.mode == 'sharded':
     from research import family as family_lib, sharding
     require(fam.objective is not family_lib.Family.objective, 'parallel.mode', pc.mode,

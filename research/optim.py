@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
+from research import precision
 from research.configs import ConfigError, one_of, parse_list, require
 
 OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw', 'adagrad', 'rmsprop', 'lamb')
@@ -60,7 +61,7 @@ SCHEDULES = ('constant', 'warmup_cosine', 'warmup_linear', 'exponential', 'piece
 # optax.partition is the newer name of optax.multi_transform.
 _partition = getattr(optax, 'partition', None) or optax.multi_transform
 _DECOUPLED = ('adamw', 'lamb')   # weight decay inside the optimizer; the rest use L2
-MOMENTS = ('float32', 'bfloat16')               # config.precision.moments
+MOMENTS = tuple(precision.DTYPES)                # config.precision.moments
 WITH_FIRST_MOMENT = ('adam', 'adamw', 'lamb', 'momentum')  # what bf16 moments can apply to
 
 FROZEN, TRAINABLE = 'frozen', 'trainable'
@@ -128,17 +129,9 @@ def _piecewise(sched_cfg) -> tuple[list[int], list[float]]:
   return boundaries, scales
 
 
-def _moments_name(moments_dtype) -> str:
-  """'float32' | 'bfloat16' (or whatever else was given) from a name or a dtype."""
-  if isinstance(moments_dtype, str):
-    return moments_dtype
-  return jnp.dtype(moments_dtype).name
-
-
-def check_moments(name: str, moments_dtype='float32') -> None:
-  """One-line ConfigError unless optimizer `name` can keep its first moment in
-  `moments_dtype` (`config.precision.moments`)."""
-  moments = _moments_name(moments_dtype)
+def check_moments(name: str, moments: str = 'float32') -> None:
+  """One-line ConfigError unless optimizer `name` can keep its first moment in `moments`
+  (`config.precision.moments`)."""
   one_of(moments, MOMENTS, 'precision.moments')
   if moments != 'float32' and name not in WITH_FIRST_MOMENT:
     raise ConfigError(
@@ -295,12 +288,11 @@ def _base(o, lr: optax.Schedule, mask, mu_dtype=None) -> optax.GradientTransform
 def make(opt_cfg, num_steps: int, moments_dtype='float32'
          ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """(optimizer, lr schedule) for `config.optimizer`; see the module docstring for the chain.
-  `moments_dtype` is `config.precision.moments` (a name or a dtype): the first moment's dtype;
+  `moments_dtype` is `config.precision.moments` ('float32' | 'bfloat16'): the first moment's;
   a ConfigError for an optimizer without one when it is not float32."""
   o = opt_cfg
   check_moments(o.name, moments_dtype)
-  moments = _moments_name(moments_dtype)
-  mu_dtype = None if moments == 'float32' else jnp.dtype(moments)
+  mu_dtype = None if moments_dtype == 'float32' else precision.DTYPES[moments_dtype]
   schedule = make_schedule(o, num_steps)
   mask = None if o.decay_norms_and_biases else decay_mask
   parts = []

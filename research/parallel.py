@@ -46,23 +46,31 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(AXIS))
 
 
-def data_parallel(fn: Callable, mesh: Mesh, *, batch_args: tuple[int, ...] = (1,),
-                  out_batched: Any = False, donate_argnums: tuple[int, ...] = ()) -> Callable:
-  """Runs per-device `fn(*args)` over every device of `mesh`.
+def per_device(fn: Callable, mesh: Mesh, batch_args: tuple[int, ...] = (1,),
+               out_batched: Any = False) -> Callable:
+  """Maps per-device `fn(*args)` over the batch axis `AXIS` of `mesh` (not jitted).
 
   Arguments whose position is in `batch_args` are split along their leading axis (the batch);
   all others are replicated. `out_batched` is a pytree prefix of the output saying which outputs
   are per-example (concatenated over devices) rather than replicated (e.g. `(False, False)` for
   `(state, metrics)`). `check_vma=False` gives pmap semantics: gradients stay per device until the
-  function's own `lax.pmean`.
+  function's own `lax.pmean`. Only `AXIS` is manual: on the sharded path's 2-D mesh, XLA
+  partitions the `model` axis automatically.
   """
   @functools.wraps(fn)
   def wrapped(*args):
     in_specs = tuple(P(AXIS) if i in batch_args else P() for i in range(len(args)))
     out_specs = jax.tree.map(lambda b: P(AXIS) if b else P(), out_batched)
     return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                         check_vma=False)(*args)
-  return jax.jit(wrapped, donate_argnums=donate_argnums)
+                         axis_names={AXIS}, check_vma=False)(*args)
+  return wrapped
+
+
+def data_parallel(fn: Callable, mesh: Mesh, *, batch_args: tuple[int, ...] = (1,),
+                  out_batched: Any = False, donate_argnums: tuple[int, ...] = ()) -> Callable:
+  """`per_device(fn, ...)` under `jit`: over every device of the default 1-D mesh (on the
+  sharded path's 2-D mesh, over its batch axis)."""
+  return jax.jit(per_device(fn, mesh, batch_args, out_batched), donate_argnums=donate_argnums)
 
 
 def pmean(tree: Any, axis: str = AXIS) -> Any:
@@ -89,9 +97,7 @@ def per_example_keys(key: jax.Array, local_batch: int) -> jax.Array:
 
 def put_replicated(tree: Any, mesh: Mesh) -> Any:
   """Host values (identical on every host) -> arrays replicated on every device of the mesh."""
-  sharding = replicated(mesh)
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+  return put_global(tree, replicated(mesh))
 
 
 def put_global(tree: Any, shardings: Any) -> Any:

@@ -50,12 +50,6 @@ def compute_dtype(config) -> Any:
   return DTYPES[compute_name(config)]
 
 
-def moments_name(config) -> str:
-  """'float32' | 'bfloat16': `config.precision.moments` (float32 when the config has none)."""
-  precision = config.get('precision') or {}
-  return str(precision.get('moments') or 'float32')
-
-
 def _promote_keep_bias(inputs, kernel, bias=None, *, dtype=None, inexact=True):
   """flax `promote_dtype` for an output layer: operands to `dtype`, the bias left float32 (it is
   added to the float32 accumulator)."""
@@ -64,20 +58,13 @@ def _promote_keep_bias(inputs, kernel, bias=None, *, dtype=None, inexact=True):
   return cast(inputs), cast(kernel), bias
 
 
-def f32_output(dtype) -> dict:
-  """Keyword arguments that make an `nn.Dense` or `nn.Conv` an output layer: `dtype` operands,
-  float32 accumulation, float32 bias and result (what the LM does for its logits). Empty for
-  float32 compute, so the float32 program is unchanged."""
+def f32_output(dtype, conv: bool = False) -> dict:
+  """Keyword arguments that make an `nn.Dense` (or with `conv`, an `nn.Conv`) an output layer:
+  `dtype` operands, float32 accumulation, float32 bias and result (what the LM does for its
+  logits). Empty for float32 compute, so the float32 program is unchanged."""
   if jnp.dtype(dtype) == jnp.float32:
     return {}
+  op, name = ((lax.conv_general_dilated, 'conv_general_dilated') if conv
+              else (lax.dot_general, 'dot_general'))
   return {'dtype': dtype, 'promote_dtype': _promote_keep_bias,
-          'dot_general': functools.partial(lax.dot_general, preferred_element_type=jnp.float32)}
-
-
-def f32_output_conv(dtype) -> dict:
-  """`f32_output` for `nn.Conv`."""
-  if jnp.dtype(dtype) == jnp.float32:
-    return {}
-  return {'dtype': dtype, 'promote_dtype': _promote_keep_bias,
-          'conv_general_dilated': functools.partial(lax.conv_general_dilated,
-                                                    preferred_element_type=jnp.float32)}
+          name: functools.partial(op, preferred_element_type=jnp.float32)}

@@ -21,7 +21,8 @@ states that do not fit on one device still train, with the families' functions u
   leave constrained to the parameters' layout (a reduce-scatter), and the optimizer update runs
   outside, on the sharded parameters and moments. Same keys, same math: the step equals the
   data-parallel step up to float reassociation.
-- **Eval, sampling, visualisation** run the families' per-device functions the same way.
+- **Eval, sampling, visualisation** are the default path's (`parallel.data_parallel`, manual
+  over the batch axis only), reading the state in its sharded layout.
 - **Checkpoints** hold global arrays: Orbax restores them onto whatever layout the restoring
   run's state has, so a run may resume on another mesh shape or on the default path.
 
@@ -125,16 +126,6 @@ def bytes_per_device(tree: Any) -> int:
   return total
 
 
-def per_device(fn: Callable, mesh: Mesh, batch_args: tuple[int, ...], out_batched: Any) -> Callable:
-  """`fn` written per device, mapped over the batch axis only (model axis left to XLA)."""
-  def wrapped(*args):
-    in_specs = tuple(P(parallel.AXIS) if i in batch_args else P() for i in range(len(args)))
-    out_specs = jax.tree.map(lambda b: P(parallel.AXIS) if b else P(), out_batched)
-    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                         axis_names={parallel.AXIS}, check_vma=False)(*args)
-  return wrapped
-
-
 def rules_for(config, family) -> list[Rule]:
   return parse_rules(config.parallel.rules) + list(family.sharding_rules())
 
@@ -144,13 +135,12 @@ def layout(tree: Any) -> Any:
   return jax.tree.map(lambda x: x.sharding, tree)
 
 
-def compile_functions(family, config, mesh: Mesh, fns: dict[str, Callable]) -> dict[str, Callable]:
-  """The harness's functions for the sharded path, given the per-device ones `trainer.build`
-  wraps (eval_step, sample, visualize). `init` lays the state out by the rules; `train_step`
-  keeps every leaf in the layout it came in; the rest read the state in whatever layout it has."""
+def init_and_train_step(family, config, mesh: Mesh) -> tuple[Callable, Callable]:
+  """The sharded path's `init` (the state laid out by the rules) and `train_step` (which keeps
+  every leaf in the layout it came in); `trainer.build` wraps the rest as on the default path."""
   rules, pc = rules_for(config, family), config.parallel
   repl = NamedSharding(mesh, P())
-  init = per_device(family.init_state, mesh, batch_args=(1,), out_batched=False)
+  init = parallel.per_device(family.init_state, mesh, batch_args=(1,), out_batched=False)
   accum = config.optimizer.grad_accum_steps
 
   def init_fn(key, example_batch):
@@ -165,7 +155,7 @@ def compile_functions(family, config, mesh: Mesh, fns: dict[str, Callable]) -> d
 
       def grads(slim, batch, key):
         return train_state.device_grads(family.objective(slim), slim, batch, key, accum)
-      g, metrics, model_state = per_device(grads, mesh, (1,), False)(slim, batch, key)
+      g, metrics, model_state = parallel.per_device(grads, mesh, (1,), False)(slim, batch, key)
       g = jax.lax.with_sharding_constraint(g, shardings.params)  # reduce-scatter under FSDP
       metrics['grad_norm'] = optax.global_norm(g)
       return train_state.apply_gradients(state, g, model_state), metrics
@@ -180,10 +170,4 @@ def compile_functions(family, config, mesh: Mesh, fns: dict[str, Callable]) -> d
       compiled[tag] = make_train_step(shardings)
     return compiled[tag](state, batch, key)
 
-  return {
-      'init': init_fn,
-      'train_step': train_step_fn,
-      'eval_step': jax.jit(per_device(fns['eval_step'], mesh, (1,), True)),
-      'sample': jax.jit(per_device(fns['sample'], mesh, (), True)),
-      'visualize': jax.jit(per_device(fns['visualize'], mesh, (1,), True)),
-  }
+  return init_fn, train_step_fn

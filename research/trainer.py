@@ -73,16 +73,15 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   def visualize(state, batch, key):
     return family.visualize(state, batch, parallel.device_key(key))
 
-  if config.parallel.mode == 'sharded':
-    fns = sharding.compile_functions(family, config, mesh, {
-        'eval_step': eval_step, 'sample': sample, 'visualize': visualize})
-    return Experiment(config=config, family=family, mesh=mesh, **fns)
   dp = parallel.data_parallel
+  if config.parallel.mode == 'sharded':   # the state's layout and the update are the path's own
+    init, step = sharding.init_and_train_step(family, config, mesh)
+  else:
+    init = dp(family.init_state, mesh, batch_args=(1,), out_batched=False)
+    step = dp(train_step, mesh, batch_args=(1,), out_batched=(False, False), donate_argnums=(0,))
+  # Eval, sampling and visualisation read the state in whatever layout it has.
   return Experiment(
-      config=config, family=family, mesh=mesh,
-      init=dp(family.init_state, mesh, batch_args=(1,), out_batched=False),
-      train_step=dp(train_step, mesh, batch_args=(1,), out_batched=(False, False),
-                    donate_argnums=(0,)),
+      config=config, family=family, mesh=mesh, init=init, train_step=step,
       eval_step=dp(eval_step, mesh, batch_args=(1,), out_batched=True),
       sample=dp(sample, mesh, batch_args=(), out_batched=True),
       visualize=dp(visualize, mesh, batch_args=(1,), out_batched=True))

@@ -5,7 +5,6 @@ the same SLURM auto-detection path it takes on a cluster."""
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 
@@ -39,12 +38,6 @@ rc=0
 for p in "${pids[@]}"; do wait "$p" || rc=$?; done
 exit $rc
 '''
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 def _fake_srun(tmp_path):
@@ -186,7 +179,7 @@ def test_slurm_job_under_stand_in_srun(tmp_path):
   workdir = str(tmp_path / 'run')
   env = {'PATH': _fake_srun(tmp_path) + os.pathsep + os.environ['PATH'],
          'SLURM_JOB_ID': '4242', 'SLURM_NTASKS': '2', 'SLURM_JOB_NUM_NODES': '1',
-         'JAX_COORDINATOR_PORT': str(_free_port()), 'REPO_DIR': helpers.ROOT,
+         'JAX_COORDINATOR_PORT': str(helpers.free_port()), 'REPO_DIR': helpers.ROOT,
          'CONFIG': 'experiments/vae_digits/config.py', 'WORKDIR': workdir,
          'PYTHON': sys.executable}
   for k in ('SLURM_NTASKS_PER_NODE', 'SLURM_GPUS_ON_NODE', 'SLURM_CPUS_PER_TASK'):

@@ -2,9 +2,6 @@
 devices on the same global batch (each host reads only its shard of the data)."""
 import json
 import os
-import socket
-import subprocess
-import sys
 
 from tests import helpers
 
@@ -12,12 +9,6 @@ ARGS = ['--config=experiments/vae_digits/config.py', '--config.train.num_steps=1
         '--config.train.log_every=1', '--config.train.eval_every=10',
         '--config.train.sample_every=10', '--config.train.checkpoint_every=10',
         '--config.eval.iwae_k=0', '--cpu_devices=2']
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 def _losses(workdir):
@@ -30,19 +21,7 @@ def test_two_processes_match_one_process(tmp_path):
   single = str(tmp_path / 'single')
   helpers.cli([*ARGS, f'--workdir={single}'], timeout=300)
   multi = str(tmp_path / 'multi')
-  port = _free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, '-m', 'research.main', *ARGS, f'--workdir={multi}',
-       f'--coordinator=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
-      cwd=helpers.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
-  try:
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-4000:]
+  outs = helpers.cli_processes([*ARGS, f'--workdir={multi}'])
   assert '4 devices' in outs[0], outs[0][-3000:]
   l1, e1 = _losses(single)
   l2, e2 = _losses(multi)

@@ -3,9 +3,6 @@ U-Net steps equal the data-parallel step; FSDP halves the per-device state; chec
 between mesh shapes; 2 processes x 2 devices on a 2x2 mesh match one process."""
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import chex
 import jax
@@ -160,12 +157,6 @@ def test_rule_that_does_not_fit_names_the_leaf():
   assert sharding.leaf_spec('p/b', (8,), [], mesh, True, 16) == P(None)
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_on_a_2x2_mesh_match_one_process(tmp_path, data_dir):
   """2 processes x 2 devices, sharded on a (batch 2 x model 2) mesh (tensor parallel within a
   host, FSDP across hosts), against 1 process x 2 devices data-parallel."""
@@ -182,20 +173,8 @@ def test_two_processes_on_a_2x2_mesh_match_one_process(tmp_path, data_dir):
   single = str(tmp_path / 'single')
   helpers.cli([*args, f'--workdir={single}'], timeout=300)
   multi = str(tmp_path / 'multi')
-  port = _free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, '-m', 'research.main', *args, f'--workdir={multi}',
-       '--config.parallel.mode=sharded', '--config.parallel.model_axis=2',
-       f'--coordinator=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
-      cwd=helpers.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
-  try:
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-4000:]
+  outs = helpers.cli_processes([*args, f'--workdir={multi}', '--config.parallel.mode=sharded',
+                                '--config.parallel.model_axis=2'])
   assert "4 devices (mesh {'batch': 2, 'model': 2})" in outs[0], outs[0][-3000:]
 
   def losses(workdir):

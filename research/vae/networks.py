@@ -142,7 +142,7 @@ class ConvDecoder(nn.Module):
     for c in reversed(self.channels):
       h = self.activation(_upsample(nn.Conv(4 * c, (3, 3), padding='SAME', dtype=dt)(h)))
     h = nn.Conv(out_channels, (3, 3), padding='SAME', use_bias=False,
-                **precision.f32_output_conv(dt))(h)
+                **precision.f32_output(dt, conv=True))(h)
     return _PixelOutput(self.image_shape, self.likelihood, name='output')(h)
 
 
