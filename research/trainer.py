@@ -298,6 +298,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       evaluated = None
       do_eval = step % t.eval_every == 0 or last
       do_sample = step % t.sample_every == 0 or last
+      if do_eval or do_sample:
+        # A preemption notice gives seconds, and eval or sampling can take minutes: save first.
+        preempted = parallel.any_host(guard.requested)
+        do_eval, do_sample = do_eval and not preempted, do_sample and not preempted
       # Also before eval/sampling: host-side metrics may fail obscurely on a NaN state.
       checked = t.stop_on_nonfinite and (do_eval or do_sample)
       if checked and (bad := _nonfinite(state, pending, step, t.divergence_limit)):
@@ -309,7 +313,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         evaluated = eval_metrics
       if do_sample:
         write_samples(exp, state, sample_key, writer, step)
-      preempted = parallel.any_host(guard.requested)
+      preempted = preempted or parallel.any_host(guard.requested)
       if step % t.checkpoint_every == 0 or last or preempted:
         bad = (t.stop_on_nonfinite and not checked
                and _nonfinite(state, pending, step, t.divergence_limit))

@@ -46,6 +46,23 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path):
   assert any(l['step'] == 20 and l['split'] == 'train' for l in lines)
 
 
+def test_a_preempted_step_skips_its_eval_and_samples(tmp_path):
+  """The signal arrives before an eval/sample step: the run saves and stops without spending
+  the preemption's grace period on them; the resumed run evaluates."""
+  config = helpers.tiny_digits(num_steps=20, checkpoint_every=100, eval_every=10,
+                               sample_every=10)
+  first = _run(config, str(tmp_path), [], kill_at=10)
+  assert first['preempted'] and first['step'] == 10 and not first['eval']
+  lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  assert not [l for l in lines if l['split'] == 'eval']
+  assert not list(tmp_path.glob('samples/*_0000010.*'))
+  second = _run(config, str(tmp_path), [])
+  assert second['step'] == 20 and second['eval']
+  lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  assert sorted(l['step'] for l in lines if l['split'] == 'eval') == [20]
+  assert list(tmp_path.glob('samples/*_0000020.*'))
+
+
 def test_restore_onto_a_different_device_count(tmp_path):
   config = helpers.tiny_digits(num_steps=5)
   trainer.train(config, str(tmp_path))  # 2 devices (tests run with 2)
