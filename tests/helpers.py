@@ -8,12 +8,13 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_config(name: str):
+def load_config(name: str, *args):
+  """experiments/<name>/config.py's get_config(*args) (`name:arg` on the command line)."""
   path = os.path.join(ROOT, 'experiments', name, 'config.py')
   spec = importlib.util.spec_from_file_location(f'cfg_{name}', path)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  return mod.get_config()
+  return mod.get_config(*args)
 
 
 def tiny_digits(num_steps=20, **train):

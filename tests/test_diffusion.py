@@ -1,5 +1,7 @@
 """The diffusion family: parameterizations, likelihood bounds against closed forms, the
 data-parallel step, and a short end-to-end run of each process."""
+import json
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -290,6 +292,24 @@ def test_toy_run_is_evaluated_by_mode_coverage(tmp_path):
   assert 0 <= m['modes_captured'] <= 8 and 0 <= m['high_quality_fraction'] <= 1
   assert np.isfinite(m['frechet_distance_2d'])
   assert 'mode_coverage' in result['notes']          # fewer than the protocol's 2,500
+
+
+def test_sampler_table_merge(tmp_path):
+  from research.diffusion import sampler_table
+  base = {'step': 7, 'num_samples': 10, 'num_real': 20, 'feature_space': 'f',
+          'test_accuracy': 0.9, 'reference_test_vs_train': {}}
+  paths = []
+  for i, rows in enumerate([[{'name': 'ddpm'}], [{'name': 'ddim'}, {'name': 'heun'}]]):
+    paths.append(str(tmp_path / f'{i}.json'))
+    with open(paths[-1], 'w') as f:
+      json.dump(dict(base, rows=rows), f)
+  merged = sampler_table.merge(paths)
+  assert [r['name'] for r in merged['rows']] == ['ddpm', 'ddim', 'heun']
+  assert merged['step'] == 7
+  with open(paths[1], 'w') as f:
+    json.dump(dict(base, step=8, rows=[]), f)
+  with pytest.raises(ValueError, match='step=8'):
+    sampler_table.merge(paths)
 
 
 def test_sampler_table_specs():

@@ -48,9 +48,15 @@ def _validate_with_prerequisites(config, tmp):
   raise AssertionError(f'still invalid after stubbing {seen}')
 
 
-@pytest.mark.parametrize('name', NAMES)
-def test_experiment_config_validates(name, tmp_path):
-  config = load_config(name)
+# Named variants (`config.py:ARG`) that README commands use.
+VARIANTS = [('ddpm_fashion_mnist', 'cpu'), ('vdm_fashion_mnist', 'cpu'),
+            ('diffusion_toy2d', 'grid25'), ('diffusion_toy2d', 'swiss_roll')]
+
+
+@pytest.mark.parametrize('name,args', [(n, ()) for n in NAMES] +
+                         [(n, (a,)) for n, a in VARIANTS])
+def test_experiment_config_validates(name, args, tmp_path):
+  config = load_config(name, *args)
   assert config.family in configs.FAMILIES
   if config.data.source == 'tfds':
     try:
@@ -61,3 +67,8 @@ def test_experiment_config_validates(name, tmp_path):
       return
   missing = _validate_with_prerequisites(config, str(tmp_path))
   assert not missing or config.family in ('reward_model', 'ppo', 'dpo'), missing
+
+
+def test_an_unknown_variant_names_the_choices():
+  with pytest.raises(ValueError, match="unknown variant 'tiny'.*:cpu"):
+    load_config('ddpm_fashion_mnist', 'tiny')

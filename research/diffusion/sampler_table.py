@@ -2,7 +2,8 @@ r"""Sample quality of one trained diffusion run under several samplers, at equal
 
   python -m research.diffusion.sampler_table --workdir=RUN \
       --samplers=ddpm:1000,ddim:10,ddim:20,ddim:50,ddim:100,dpmpp_2m:10,dpmpp_2m:20,heun:18 \
-      [--num_samples=1000] [--max_real=10000]
+      [--num_samples=1000] [--max_real=10000] [--output=RUN/sampler_table.json]
+  python -m research.diffusion.sampler_table --merge=A.json,B.json [--output=OUT.json]
 
 A sampler spec is `name:steps[:grid]` (grid as `config.sampler.grid`; default `auto`). For each
 spec: samples drawn from the run's latest checkpoint (EMA parameters when kept, batched over the
@@ -34,6 +35,11 @@ def _define_flags():
   flags.DEFINE_integer('num_samples', 1000, 'Samples per sampler.')
   flags.DEFINE_integer('max_real', 10000, 'Train images in the reference set.')
   flags.DEFINE_integer('chunk', 500, 'Samples drawn per call.')
+  flags.DEFINE_string('output', None, 'Where the JSON goes (default RUN/sampler_table.json); '
+                      'name one per process to split the samplers over processes (one CPU core '
+                      'each), then `--merge` them.')
+  flags.DEFINE_list('merge', None, 'Print the table of these JSON outputs (rows in order) and '
+                    'write it to --output; samples nothing.')
 
 
 def parse_spec(spec: str) -> dict:
@@ -63,7 +69,7 @@ def draw(config, state, mesh, spec: dict, num: int, chunk: int, key):
 
 
 def sampler_table(workdir: str, specs: list[dict], num_samples: int, max_real: int = 10000,
-                  chunk: int = 500) -> dict:
+                  chunk: int = 500, output: str | None = None) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from research import trainer  # pylint: disable=g-import-not-at-top
   from research.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -101,9 +107,24 @@ def sampler_table(workdir: str, specs: list[dict], num_samples: int, max_real: i
   result = {'step': step, 'num_samples': num_samples, 'num_real': len(real),
             'feature_space': info['feature_space'], 'test_accuracy': info['test_accuracy'],
             'rows': rows, 'reference_test_vs_train': quality(test)}
-  with open(os.path.join(workdir, 'sampler_table.json'), 'w') as f:
+  with open(output or os.path.join(workdir, 'sampler_table.json'), 'w') as f:
     json.dump(result, f, indent=2)
   return result
+
+
+def merge(paths: list[str]) -> dict:
+  """One result from several processes' outputs of the same run and sample count."""
+  parts = []
+  for path in paths:
+    with open(path) as f:
+      parts.append(json.load(f))
+  first = parts[0]
+  for path, part in zip(paths, parts):
+    for key in ('step', 'num_samples', 'num_real', 'feature_space'):
+      if part[key] != first[key]:
+        raise ValueError(f'--merge: {path} has {key}={part[key]!r}, {paths[0]} has '
+                         f'{first[key]!r}; merge only tables of one run at one sample count')
+  return dict(first, rows=[row for part in parts for row in part['rows']])
 
 
 def format_row(r: dict) -> str:
@@ -128,6 +149,13 @@ def format_table(result: dict) -> str:
 
 def main(argv):
   del argv
+  if FLAGS.merge:
+    result = merge(FLAGS.merge)
+    if FLAGS.output:
+      with open(FLAGS.output, 'w') as f:
+        json.dump(result, f, indent=2)
+    print(format_table(result))
+    return
   from research import metric_writers  # pylint: disable=g-import-not-at-top
   metric_writers.console_logging()
   try:
@@ -135,10 +163,12 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e))
   print(format_table(sampler_table(FLAGS.workdir, specs, FLAGS.num_samples, FLAGS.max_real,
-                                   FLAGS.chunk)))
+                                   FLAGS.chunk, FLAGS.output)))
 
 
 if __name__ == '__main__':
   _define_flags()
-  flags.mark_flag_as_required('workdir')
+  flags.register_multi_flags_validator(
+      ['workdir', 'merge'], lambda f: bool(f['workdir'] or f['merge']),
+      '--workdir is required (unless --merge)')
   app.run(main)
