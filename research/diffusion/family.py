@@ -98,6 +98,7 @@ class Diffusion(Family):
     c.sampler.churn = 0.0               # heun: EDM's S_churn
     c.sampler.guidance = 0.0            # classifier-free guidance; 0 = the conditional model
     c.sampler.rho = 7.0                 # karras grid
+    c.sampler.clip_denoised = True      # images: clip each x0 estimate to the data range [-1, 1]
 
     c.eval = ml_collections.ConfigDict()
     c.eval.bpd_timesteps = 1            # timesteps per example for bits/dim; 0 = skip
@@ -370,6 +371,10 @@ class Diffusion(Family):
                                  s.guidance)
     else:
       denoiser = self.denoiser(params)
+    if self._images and s.clip_denoised:
+      # Ho et al.'s sampler (and diffusers' default) clips each x0 estimate: a deterministic
+      # sampler otherwise carries an imperfect network's out-of-range estimates to the end.
+      denoiser = samplers.clipped(denoiser, -1.0, 1.0)
     sigmas = self.sigmas(params, s)
     x = samplers.prior_sample(k_prior, shape, sigmas[0],
                               variance_preserving=self.config.diffusion.process != 'edm')

@@ -35,6 +35,8 @@ def _define_flags():
   flags.DEFINE_integer('num_samples', 1000, 'Samples per sampler.')
   flags.DEFINE_integer('max_real', 10000, 'Train images in the reference set.')
   flags.DEFINE_integer('chunk', 500, 'Samples drawn per call.')
+  flags.DEFINE_bool('clip_denoised', True, 'Clip each x0 estimate to the data range '
+                    '(config.sampler.clip_denoised); --noclip_denoised samples without.')
   flags.DEFINE_string('output', None, 'Where the JSON goes (default RUN/sampler_table.json); '
                       'name one per process to split the samplers over processes (one CPU core '
                       'each), then `--merge` them.')
@@ -50,26 +52,29 @@ def parse_spec(spec: str) -> dict:
           'auto'}
 
 
-def draw(config, state, mesh, spec: dict, num: int, chunk: int, key):
+def draw(config, state, mesh, spec: dict, num: int, chunk: int, key, clip_denoised=None):
   """(images [num, H, W, C], seconds) for one sampler spec on the restored state."""
   import jax  # pylint: disable=g-import-not-at-top
   from research import configs, parallel, trainer  # pylint: disable=g-import-not-at-top
   cfg = config.copy_and_resolve_references()
   cfg.sampler.name, cfg.sampler.steps, cfg.sampler.grid = spec['name'], spec['steps'], spec[
       'grid']
+  if clip_denoised is not None:
+    cfg.sampler.clip_denoised = clip_denoised
   cfg.eval.num_samples = min(num, chunk)
   configs.validate(cfg, mesh.size, jax.process_count())
   exp = trainer.build(cfg, mesh)
-  jax.block_until_ready(exp.sample(state, key))          # compile (and warm up) once
-  start, out = time.perf_counter(), []
+  sample = exp.sample.lower(state, key).compile()   # compile only: a warm-up call would double
+  start, out = time.perf_counter(), []              # the cost of a 1000-step sampler
   for i in range(-(-num // cfg.eval.num_samples)):
-    s = parallel.to_host(exp.sample(state, jax.random.fold_in(key, i + 1)))
+    s = parallel.to_host(sample(state, jax.random.fold_in(key, i + 1)))
     out.append(np.asarray(s['images'])[:cfg.eval.num_samples])
   return np.concatenate(out)[:num], time.perf_counter() - start
 
 
 def sampler_table(workdir: str, specs: list[dict], num_samples: int, max_real: int = 10000,
-                  chunk: int = 500, output: str | None = None) -> dict:
+                  chunk: int = 500, output: str | None = None,
+                  clip_denoised: bool | None = None) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from research import trainer  # pylint: disable=g-import-not-at-top
   from research.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -98,7 +103,8 @@ def sampler_table(workdir: str, specs: list[dict], num_samples: int, max_real: i
 
   rows = []
   for spec in specs:
-    images, seconds = draw(config, state, exp.mesh, spec, num_samples, chunk, sample_key)
+    images, seconds = draw(config, state, exp.mesh, spec, num_samples, chunk, sample_key,
+                           clip_denoised)
     nfe = samplers.nfe(spec['name'], spec['steps'])
     row = dict(spec, nfe=nfe, seconds=seconds, nfe_per_s=nfe * num_samples / seconds,
                **quality(feature_fn(images)))
@@ -106,6 +112,8 @@ def sampler_table(workdir: str, specs: list[dict], num_samples: int, max_real: i
     print(format_row(row), flush=True)
   result = {'step': step, 'num_samples': num_samples, 'num_real': len(real),
             'feature_space': info['feature_space'], 'test_accuracy': info['test_accuracy'],
+            'clip_denoised': (config.sampler.clip_denoised if clip_denoised is None
+                              else clip_denoised),
             'rows': rows, 'reference_test_vs_train': quality(test)}
   with open(output or os.path.join(workdir, 'sampler_table.json'), 'w') as f:
     json.dump(result, f, indent=2)
@@ -120,10 +128,11 @@ def merge(paths: list[str]) -> dict:
       parts.append(json.load(f))
   first = parts[0]
   for path, part in zip(paths, parts):
-    for key in ('step', 'num_samples', 'num_real', 'feature_space'):
-      if part[key] != first[key]:
-        raise ValueError(f'--merge: {path} has {key}={part[key]!r}, {paths[0]} has '
-                         f'{first[key]!r}; merge only tables of one run at one sample count')
+    for key in ('step', 'num_samples', 'num_real', 'feature_space', 'clip_denoised'):
+      if part.get(key) != first.get(key):
+        raise ValueError(f'--merge: {path} has {key}={part.get(key)!r}, {paths[0]} has '
+                         f'{first.get(key)!r}; merge only tables of one run, sample count and '
+                         'clipping')
   return dict(first, rows=[row for part in parts for row in part['rows']])
 
 
@@ -163,7 +172,7 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e))
   print(format_table(sampler_table(FLAGS.workdir, specs, FLAGS.num_samples, FLAGS.max_real,
-                                   FLAGS.chunk, FLAGS.output)))
+                                   FLAGS.chunk, FLAGS.output, FLAGS.clip_denoised)))
 
 
 if __name__ == '__main__':

@@ -207,6 +207,12 @@ def guided(denoiser_cond: Denoiser, denoiser_uncond: Denoiser,
   return denoiser
 
 
+def clipped(denoiser: Denoiser, lo: float, hi: float) -> Denoiser:
+  """D clipped to [lo, hi] (Ho et al.'s clip_denoised): every sampler's updates then follow
+  from the clipped x0 estimate, as in DDPM's posterior mean and diffusers' clip_sample."""
+  return lambda x, sigma: jnp.clip(denoiser(x, sigma), lo, hi)
+
+
 def guided_batched(denoiser_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
                    labels: jax.Array, null_label, scale: float | jax.Array) -> Denoiser:
   """guided() with the conditional and unconditional passes in one call of batch 2B:
