@@ -35,8 +35,9 @@ def _define_flags():
   flags.DEFINE_integer('num_samples', 1000, 'Samples per sampler.')
   flags.DEFINE_integer('max_real', 10000, 'Train images in the reference set.')
   flags.DEFINE_integer('chunk', 500, 'Samples drawn per call.')
-  flags.DEFINE_bool('clip_denoised', True, 'Clip each x0 estimate to the data range '
-                    '(config.sampler.clip_denoised); --noclip_denoised samples without.')
+  flags.DEFINE_bool('clip_denoised', None, 'Clip each x0 estimate to the data range; '
+                    '--noclip_denoised samples without (default: the run\'s '
+                    'config.sampler.clip_denoised).')
   flags.DEFINE_string('output', None, 'Where the JSON goes (default RUN/sampler_table.json); '
                       'name one per process to split the samplers over processes (one CPU core '
                       'each), then `--merge` them.')
