@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 from research import configs, parallel, trainer  # noqa: E402
 
 
-def our_config(batch: int, conv_impl: str):
+def our_config(batch: int, conv_impl: str, devices: int = 1):
   c = configs.defaults('diffusion')
   c.data.name = 'fashion_mnist'
   c.model.channels = 32
@@ -46,14 +46,14 @@ def our_config(batch: int, conv_impl: str):
   c.diffusion.num_timesteps = 1000
   c.optimizer.lr = 2e-4
   c.train.batch_size = batch
-  configs.validate(c, 1)
+  configs.validate(c, devices)
   return c
 
 
 class Ours:
-  def __init__(self, batch: int, conv_impl: str):
-    config = our_config(batch, conv_impl)
-    self.exp = trainer.build(config, parallel.make_mesh(jax.devices()[:1]))
+  def __init__(self, batch: int, conv_impl: str, devices: int = 1):
+    config = our_config(batch, conv_impl, devices)
+    self.exp = trainer.build(config, parallel.make_mesh(jax.devices()[:devices]))
     rng = np.random.default_rng(0)
     host = {'image': rng.random((batch, 28, 28, 1), np.float32),
             'label': rng.integers(0, 10, batch)}
@@ -150,11 +150,15 @@ def main():
   p.add_argument('--steps', type=int, default=5)
   p.add_argument('--batch', type=int, default=32)
   p.add_argument('--conv_impl', default='auto')
+  p.add_argument('--devices', type=int, default=1,
+                 help='host CPU devices our step runs data-parallel over')
   p.add_argument('--json', default='')
   p.add_argument('--no_samplers', action='store_true')
   args = p.parse_args()
+  if args.devices > 1:
+    jax.config.update('jax_num_cpu_devices', args.devices)   # before any JAX operation
 
-  ours, peer = Ours(args.batch, args.conv_impl), Peer(args.batch)
+  ours, peer = Ours(args.batch, args.conv_impl, args.devices), Peer(args.batch)
   print(f'device: {jax.devices()[0].device_kind} x{jax.device_count()} ({platform.processor()}), '
         f'jax {jax.__version__}, torch {peer.torch.__version__} '
         f'({peer.torch.get_num_threads()} threads)')
@@ -171,7 +175,7 @@ def main():
   print(f"median: ours {summary['ours_s'] * 1e3:.0f} ms/step "
         f"({args.batch / summary['ours_s']:.0f} img/s), diffusers "
         f"{summary['diffusers_s'] * 1e3:.0f} ms/step; speedup {summary['speedup']:.2f}x")
-  result = {'batch': args.batch, 'conv_impl': args.conv_impl, 'params_ours': ours.params,
+  result = {'batch': args.batch, 'conv_impl': args.conv_impl, 'devices': args.devices, 'params_ours': ours.params,
             'params_diffusers': peer.params, 'rounds': rows, 'median': summary,
             'jax': jax.__version__, 'torch': peer.torch.__version__}
   if not args.no_samplers:

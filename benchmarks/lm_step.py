@@ -4,7 +4,11 @@
   .venv/bin/python benchmarks/lm_step.py [--layers 4] [--d_model 128] [--heads 4] [--vocab 0]
       [--seq_len 128] [--batch 32] [--warmup 3] [--rounds 3] [--steps 10]
       [--gen_batch 8] [--prompt_len 16] [--new_tokens 128] [--gen_rounds 3]
-      [--matmul_size 2048] [--torch_threads 0] [--json OUT]
+      [--matmul_size 2048] [--torch_threads 0] [--devices 1] [--json OUT]
+
+--devices N runs ours data-parallel over N host CPU devices (train step and generation, the
+batch and the prompts split between them): one XLA CPU program keeps about one core busy here,
+so `--devices 2` is how ours uses a 2-core machine, as PyTorch's 2 threads do.
 
 Needs the optional peer libraries (`bench` extra, installed with a constraint pinning
 torch==2.13.0; see benchmarks/README.md). The peer model is built from a GPT2Config (random
@@ -61,7 +65,7 @@ def our_config(args):
   c.data.seq_len = args.seq_len
   c.train.batch_size = args.batch
   c.sample.max_new_tokens = min(c.sample.max_new_tokens, c.model.max_len - 1)
-  configs.validate(c, 1)
+  configs.validate(c, args.devices)
   return c
 
 
@@ -69,7 +73,7 @@ class Ours:
   def __init__(self, args, tokens: np.ndarray):
     config = our_config(args)
     self.config = config
-    self.exp = trainer.build(config, parallel.make_mesh(jax.devices()[:1]))
+    self.exp = trainer.build(config, parallel.make_mesh(jax.devices()[:args.devices]))
     family = self.exp.family
     self.tokenizer_vocab = family.model_cfg.vocab_size
     if args.vocab and args.vocab != family.model_cfg.vocab_size:
@@ -100,10 +104,17 @@ class Ours:
     net = self.exp.family.net
     apply = lambda params, tokens, **kw: net.apply({'params': params}, tokens, **kw)
     params = self.exp.family.eval_params(self.state)
-    prompts, mask = jnp.asarray(prompts), jnp.asarray(mask)
-    self._gen = lambda key: gen.generate(
-        apply, params, prompts, mask, key, max_new_tokens=new_tokens, temperature=1.0, top_k=0,
-        top_p=1.0, eos_id=None, pad_id=pad_id, cfg=self.model_cfg)
+    mesh = self.exp.mesh
+
+    # Each device generates for its slice of the prompts (one device: the plain call).
+    def per_device(params, prompts, mask, key):
+      return gen.generate(
+          apply, params, prompts, mask, parallel.device_key(key), max_new_tokens=new_tokens,
+          temperature=1.0, top_k=0, top_p=1.0, eos_id=None, pad_id=pad_id, cfg=self.model_cfg)
+
+    fn = parallel.data_parallel(per_device, mesh, batch_args=(1, 2), out_batched=True)
+    prompts, mask = parallel.host_batch_to_global((prompts, mask), mesh)
+    self._gen = lambda key: fn(params, prompts, mask, key)
     self.gen_calls = 0
     t = time.perf_counter()
     out = self.generate()
@@ -263,8 +274,12 @@ def main(argv=None) -> int:
   p.add_argument('--gen_rounds', type=int, default=3, help='timed generate calls per model')
   p.add_argument('--matmul_size', type=int, default=2048, help='n of the reference matmul')
   p.add_argument('--torch_threads', type=int, default=0, help="0 = torch's default")
+  p.add_argument('--devices', type=int, default=1,
+                 help='host CPU devices ours runs data-parallel over (train and generate)')
   p.add_argument('--json', default='')
   args = p.parse_args(argv)
+  if args.devices > 1:
+    jax.config.update('jax_num_cpu_devices', args.devices)   # before any JAX operation
 
   load_start = os.getloadavg()
   peak = matmul_peak(args.matmul_size)

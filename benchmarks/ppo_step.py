@@ -2,7 +2,7 @@
 (`trl.experimental.ppo.PPOTrainer`, PyTorch CPU), same sizes, same prompts, in one process.
 
   .venv/bin/python benchmarks/ppo_step.py [--rounds 5] [--batch 64] [--prompt_len 64]
-      [--response_len 48] [--epochs 4] [--minibatches 4] [--threads N] [--skip_trl] [--out JSON]
+      [--response_len 48] [--epochs 4] [--minibatches 4] [--threads N] [--skip_trl] [--devices 1] [--out JSON]
 
 Needs the optional peer libraries (`bench` extra, installed with a constraint pinning
 torch==2.13.0; see benchmarks/README.md). Every peer network is built from a GPT2Config (random
@@ -13,7 +13,9 @@ ends a reply), the reference / value / reward forward passes, rewards (score - b
 then `--epochs` passes of `--minibatches` shuffled minibatches, one optimizer update each.
 
 - Ours: experiments/ppo_shakespeare_sentiment/config.py with the sizes set (no init_from run),
-  built by `research.trainer.build` on a one-device mesh; one iteration is one call of the
+  built by `research.trainer.build` on a mesh of `--devices` host CPU devices (1 by default; one
+  XLA CPU program keeps about one core busy here, so `--devices 2` is how ours uses a 2-core
+  machine, as PyTorch's threads do); one iteration is one call of the
   harness's jitted `exp.train_step` (state donated), blocked on (state, metrics). The reward is
   `rlhf.reward='model'`: a config.json of a reward_model run of the same architecture is written
   to a temporary workdir, and `init_state` builds the reward model's (random) placeholder tree
@@ -37,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import io
 import json
 import os
@@ -100,14 +103,14 @@ def our_config(args, rm_dir: str):
   c.ppo.update(epochs=args.epochs, minibatches=args.minibatches)
   c.train.batch_size = args.batch
   c.eval.batch_size = args.batch
-  configs.validate(c, 1)
+  configs.validate(c, args.devices)
   return c
 
 
 class Ours:
   def __init__(self, args, prompts: np.ndarray, rm_dir: str):
     self.config = config = our_config(args, rm_dir)
-    self.exp = trainer.build(config, parallel.make_mesh(jax.devices()[:1]))
+    self.exp = trainer.build(config, parallel.make_mesh(jax.devices()[:args.devices]))
     fam = self.exp.family
     self.vocab = fam.model_cfg.vocab_size
     self.batch = parallel.host_batch_to_global({'tokens': prompts}, self.exp.mesh)
@@ -145,12 +148,21 @@ class Ours:
     """The rollout's sampler call alone (the same arguments as PPO.rollout)."""
     fam, r = self.exp.family, self.config.rlhf
     lm = fam.model_params(fam.eval_params(self.state))
-    out = gen.generate(fam._bound_apply, lm, self.prompts, self.pmask,  # pylint: disable=protected-access
-                       jax.random.key(100 + self.gen_calls), max_new_tokens=r.response_len,
-                       temperature=r.temperature, eos_id=EOS, pad_id=PAD, cfg=fam.model_cfg)
+    out = self._generate(lm, self.prompts, self.pmask, jax.random.key(100 + self.gen_calls))
     jax.block_until_ready(out)
     self.gen_calls += 1
     return out
+
+  @functools.cached_property
+  def _generate(self):
+    """Each device samples for its slice of the prompts, as the rollout does."""
+    fam, r = self.exp.family, self.config.rlhf
+
+    def per_device(lm, prompts, pmask, key):
+      return gen.generate(fam._bound_apply, lm, prompts, pmask,  # pylint: disable=protected-access
+                          parallel.device_key(key), max_new_tokens=r.response_len,
+                          temperature=r.temperature, eos_id=EOS, pad_id=PAD, cfg=fam.model_cfg)
+    return parallel.data_parallel(per_device, self.exp.mesh, batch_args=(1, 2), out_batched=True)
 
   def host_metrics(self) -> dict:
     return {k: float(v) for k, v in parallel.to_host(self.metrics).items()}
@@ -292,8 +304,12 @@ def main(argv=None) -> int:
   p.add_argument('--threads', type=int, default=0,
                  help='torch.set_num_threads (0 = all cores available to the process)')
   p.add_argument('--skip_trl', action='store_true', help='time ours only')
+  p.add_argument('--devices', type=int, default=1,
+                 help='host CPU devices ours runs data-parallel over (rollouts and updates)')
   p.add_argument('--out', default='', help='write the results as JSON here')
   args = p.parse_args(argv)
+  if args.devices > 1:
+    jax.config.update('jax_num_cpu_devices', args.devices)   # before any JAX operation
   if args.batch % args.minibatches:
     p.error(f'--batch {args.batch} must divide into --minibatches {args.minibatches}')
 
