@@ -267,6 +267,9 @@ class UNet(nn.Module):
   'im2col' materialises 9x-wide inputs and keeps them for the backward pass; fresh temp memory
   costs page faults on every step (XLA CPU maps its temp buffer anew per call), which is why it
   loses at 2 res blocks. Parameters (32x32x1): 1,062,497 (1 res block), 1,539,329 (2).
+  Re-timed 2026-12-03 (28x28x1, 1 res block, attention at 14, no dropout, one core while
+  another job ran on the second): 'hybrid' and 'xla' were within noise of each other (batch 32:
+  0.84-0.90 / 0.72-0.78 s; batch 64: 1.80-2.11 / 1.70-1.96 s), so the gap above may have closed.
   """
   channels: int = 32
   channel_mults: tuple[int, ...] = (1, 2, 2)
