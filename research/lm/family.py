@@ -36,7 +36,7 @@ import numpy as np
 import optax
 
 from research import checkpoint as ckpt_lib
-from research import configs, optim, parallel, precision
+from research import configs, matmul, optim, parallel, precision
 from research.data import datasets
 from research.data import text as text_data
 from research.family import Family
@@ -74,6 +74,8 @@ class LM(Family):
     c.model.max_len = 0               # longest sequence (prompt + generation); 0 = data.seq_len
     c.model.rope_base = 10000.0
     c.model.init_std = 0.02
+    c.model.matmul_impl = 'auto'      # dense layers: auto (cpu on CPU, xla elsewhere) | xla | cpu
+                                      # ('cpu': fast weight gradients on XLA:CPU, matmul.py)
     c.model.lora_rank = 0             # > 0: LoRA adapters of this rank on the attention and MLP
                                       # kernels, base frozen (research/lm/lora.py); 0 = off
     c.model.lora_alpha = 16.0         # LoRA: the adapters are scaled by lora_alpha / lora_rank
@@ -91,6 +93,7 @@ class LM(Family):
   def validate_config(cls, config: ml_collections.ConfigDict) -> None:
     m, s = config.model, config.sample
     configs.one_of(m.mlp, model_lib.MLPS, 'model.mlp')
+    configs.one_of(m.matmul_impl, matmul.IMPLS, 'model.matmul_impl')
     for name in ('num_layers', 'num_heads', 'd_model'):
       configs.require(m[name] > 0, f'model.{name}', m[name], 'must be > 0')
     configs.require(m.d_model % m.num_heads == 0 and (m.d_model // m.num_heads) % 2 == 0,

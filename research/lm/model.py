@@ -20,6 +20,7 @@ position differences. The KV cache is an explicit pytree passed in and returned 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -29,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from research import matmul
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 MLPS = ('gelu', 'swiglu')
@@ -49,6 +52,8 @@ class TransformerConfig:
   rope_base: float = 10000.
   dtype: str = 'float32'      # compute dtype: float32 | bfloat16 (params stay float32)
   init_std: float = 0.02
+  matmul_impl: str = 'auto'   # dense layers: auto (cpu on CPU, else xla) | xla | cpu
+                              # (research/matmul.py: faster weight gradients on XLA:CPU)
 
   def __post_init__(self):
     if self.d_model % self.num_heads:
@@ -62,6 +67,9 @@ class TransformerConfig:
     if self.dtype not in DTYPES:
       raise ValueError(f'TransformerConfig: dtype must be one of {tuple(DTYPES)}, '
                        f'got {self.dtype!r}')
+    if self.matmul_impl not in matmul.IMPLS:
+      raise ValueError(f'TransformerConfig: matmul_impl must be one of {matmul.IMPLS}, '
+                       f'got {self.matmul_impl!r}')
     for name in ('vocab_size', 'num_layers', 'num_heads', 'd_model', 'max_len'):
       if getattr(self, name) < 1:
         raise ValueError(f'TransformerConfig: {name} must be >= 1, got {getattr(self, name)}')
@@ -86,7 +94,8 @@ class TransformerConfig:
     """From a config's `model` section (an ml_collections.ConfigDict or any mapping); the
     vocabulary size comes from the tokenizer. `attn_dropout` and `init_std` are optional. The
     compute dtype is `dtype` (a run's `config.precision.compute`, see `lm.family.model_config`),
-    else the section's own `dtype` (configs saved before `precision` existed), else float32."""
+    else the section's own `dtype` (configs saved before `precision` existed), else float32.
+    `matmul_impl` is optional too (default 'auto')."""
     get = model_cfg.get
     dtype = dtype or get('dtype', None) or 'float32'
     return cls(vocab_size=int(vocab_size), num_layers=int(model_cfg.num_layers),
@@ -94,7 +103,8 @@ class TransformerConfig:
                mlp_dim=int(model_cfg.mlp_dim), mlp=str(model_cfg.mlp),
                dropout=float(model_cfg.dropout), attn_dropout=float(get('attn_dropout', 0.)),
                max_len=int(model_cfg.max_len), rope_base=float(model_cfg.rope_base),
-               dtype=str(dtype), init_std=float(get('init_std', 0.02)))
+               dtype=str(dtype), init_std=float(get('init_std', 0.02)),
+               matmul_impl=str(get('matmul_impl', 'auto')))
 
 
 def param_count(cfg: TransformerConfig) -> int:
@@ -123,8 +133,11 @@ def flops_per_token(cfg: TransformerConfig, seq_len: int) -> float:
 class KVCache:
   """Keys and values of every layer for `max_len` slots, written left to right.
 
-  k, v:  [num_layers, B, max_len, num_heads, head_dim], keys already rotated (RoPE at their
-         own positions), so a cached key never needs its position again.
+  k, v:  [num_layers, B, num_heads, head_dim, max_len], keys already rotated (RoPE at their
+         own positions), so a cached key never needs its position again. Slots are the minor
+         axis: a decode step's two attention products then read each layer's slab as it lies
+         (slots last is the layout XLA:CPU's dot wants; with [.., max_len, H, D] every step
+         transposed the whole cache, 2/3 of the decode time of benchmarks/lm_step.py).
   mask:  [B, max_len] bool, True where a slot holds a real token: padding slots and slots not yet
          written are False and never attended to.
   index: int32 scalar, the next slot to write (the same for every row: rows are left-padded).
@@ -136,7 +149,7 @@ class KVCache:
 
   @property
   def max_len(self) -> int:
-    return self.k.shape[2]
+    return self.k.shape[-1]
 
 
 def init_cache(cfg: TransformerConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
@@ -144,7 +157,7 @@ def init_cache(cfg: TransformerConfig, batch: int, max_len: int, dtype: Any = No
   `max_len` is not checked inside jit (dynamic_update_slice would clamp): size it to hold the
   prompt and every generated token."""
   dtype = cfg.compute_dtype if dtype is None else dtype
-  shape = (cfg.num_layers, batch, max_len, cfg.num_heads, cfg.head_dim)
+  shape = (cfg.num_layers, batch, cfg.num_heads, cfg.head_dim, max_len)
   return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
                  mask=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
 
@@ -180,42 +193,49 @@ def apply_rope(x, positions, base: float = 10000.):
 
 
 # --- layers ---------------------------------------------------------------------------------------
+def _dot(cfg: TransformerConfig):
+  """The dense layers' dot_general (research/matmul.py)."""
+  return functools.partial(matmul.dot_general, impl=cfg.matmul_impl)
+
+
 class Attention(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
   def __call__(self, x, positions, attn_mask, layer_cache, deterministic: bool):
     """x [B, T, d]; attn_mask [B, T, S] (True = may attend); layer_cache None or
-    (k, v, layer, index) with the all-layer cache arrays k, v [L, B, S, H, D]. Returns
+    (k, v, layer, index) with the all-layer cache arrays k, v [L, B, H, D, S]. Returns
     (out [B, T, d], the updated (k, v) or None)."""
     cfg, dt = self.cfg, self.cfg.compute_dtype
     b, t, _ = x.shape
     h, hd = cfg.num_heads, cfg.head_dim
     init = nn.initializers.normal(cfg.init_std)
     out_init = nn.initializers.normal(cfg.init_std / math.sqrt(2 * cfg.num_layers))
-    qkv = nn.Dense(3 * cfg.d_model, use_bias=False, dtype=dt, kernel_init=init, name='qkv')(x)
+    dense = functools.partial(nn.Dense, use_bias=False, dtype=dt, dot_general=_dot(cfg))
+    qkv = dense(3 * cfg.d_model, kernel_init=init, name='qkv')(x)
     q, k, v = jnp.split(qkv.reshape(b, t, 3 * h, hd), 3, axis=2)        # [B, T, H, D] each
     q = apply_rope(q, positions, cfg.rope_base)
     k = apply_rope(k, positions, cfg.rope_base)
-    new_kv = None
+    new_kv, kv_spec = None, 'bshd'
     if layer_cache is not None:
       # Write this chunk into the all-layer arrays in place (one dynamic_update_slice each, no
-      # per-layer copies re-stacked), then attend over this layer's slots.
+      # per-layer copies re-stacked), then attend over this layer's slots ([B, H, D, S]).
       ck, cv, layer, index = layer_cache
-      start = (layer, 0, index, 0, 0)
-      ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], start)
-      cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], start)
-      new_kv = (ck, cv)
+      start = (layer, 0, 0, 0, index)
+      to_slots_last = lambda a, c: a.transpose(0, 2, 3, 1).astype(c.dtype)[None]
+      ck = jax.lax.dynamic_update_slice(ck, to_slots_last(k, ck), start)
+      cv = jax.lax.dynamic_update_slice(cv, to_slots_last(v, cv), start)
+      new_kv, kv_spec = (ck, cv), 'bhds'
       k, v = ck[layer], cv[layer]
-    scores = jnp.einsum('bthd,bshd->bhts', q, k.astype(dt),
+    scores = jnp.einsum(f'bthd,{kv_spec}->bhts', q, k.astype(dt),
                         preferred_element_type=jnp.float32) / math.sqrt(hd)
     # A finite minimum rather than -inf: a row with nothing to attend to (a padding query)
     # becomes uniform instead of NaN; everywhere else exp underflows to exactly 0.
     scores = jnp.where(attn_mask[:, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)
     probs = nn.Dropout(cfg.attn_dropout, deterministic=deterministic)(probs)
-    out = jnp.einsum('bhts,bshd->bthd', probs.astype(dt), v.astype(dt)).reshape(b, t, -1)
-    out = nn.Dense(cfg.d_model, use_bias=False, dtype=dt, kernel_init=out_init, name='out')(out)
+    out = jnp.einsum(f'bhts,{kv_spec}->bthd', probs.astype(dt), v.astype(dt)).reshape(b, t, -1)
+    out = dense(cfg.d_model, kernel_init=out_init, name='out')(out)
     return out, new_kv
 
 
@@ -228,7 +248,7 @@ class MLP(nn.Module):
     init = nn.initializers.normal(cfg.init_std)
     out_init = nn.initializers.normal(cfg.init_std / math.sqrt(2 * cfg.num_layers))
     dense = lambda n, name, kinit=init: nn.Dense(n, use_bias=False, dtype=dt, kernel_init=kinit,
-                                                 name=name)
+                                                 dot_general=_dot(cfg), name=name)
     if cfg.mlp == 'swiglu':
       z = nn.silu(dense(cfg.hidden_dim, 'gate')(x)) * dense(cfg.hidden_dim, 'up')(x)
     else:
