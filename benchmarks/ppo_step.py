@@ -62,7 +62,7 @@ from research.lm import generate as gen  # noqa: E402
 from research.lm import model as model_lib  # noqa: E402
 from research.lm import tokenizers  # noqa: E402
 from research.rlhf import heads  # noqa: E402
-from train_step import load_config, set_gpt2_like_model  # noqa: E402  (benchmarks/train_step.py)
+from train_step import load_config, matmul_peak, set_gpt2_like_model  # noqa: E402  (benchmarks/train_step.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = 'experiments/ppo_shakespeare_sentiment/config.py'
@@ -314,6 +314,7 @@ def main(argv=None) -> int:
     p.error(f'--batch {args.batch} must divide into --minibatches {args.minibatches}')
 
   load_start = os.getloadavg()
+  peak = matmul_peak(2048)
   ncpu = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
   with tempfile.TemporaryDirectory(prefix='ppo_step_') as tmp:
     rm_dir = reward_workdir(args, tmp)
@@ -381,6 +382,16 @@ def main(argv=None) -> int:
   # the trained networks; generation (one KV-cached sampling pass) on top for both.
   e = args.epochs
   work = {'ours_forward_equivalents': 3 + 3 * e, 'peer_forward_equivalents': 3 + 6 * e}
+  # The fastest our iteration could be: its nominal forward-pass FLOPs (PaLM's per-token count,
+  # a third of research.lm.model.flops_per_token, over every prompt + response token) at the
+  # f32 matmul peak, generation left out. trl's time over that bounds the ratio from above.
+  tokens = args.prompt_len + args.response_len
+  fwd_flops = (model_lib.flops_per_token(ours.exp.family.model_cfg, tokens) / 3
+               * args.batch * tokens * work['ours_forward_equivalents'])
+  work.update({'ours_nominal_flops': fwd_flops, 'matmul': peak,
+               'ours_min_s_at_matmul_peak': fwd_flops / peak['matmul_flops_per_sec']})
+  if peer:
+    work['ratio_bound_at_matmul_peak'] = med['peer_s'] / work['ours_min_s_at_matmul_peak']
 
   pct = lambda x: f'{100 * x:.0f}%'
   n = lambda x: f'{x:,}'
@@ -408,6 +419,12 @@ def main(argv=None) -> int:
         'reference / value / reward, its policy log-probs come from the sampler) + per epoch '
         'forward+backward of the trained networks: ours one trunk with a value head, trl a '
         'policy and a separate value model; generation not counted.')
+  print(f"bound: our {work['ours_forward_equivalents']} passes are "
+        f"{work['ours_nominal_flops'] / 1e9:.0f} GFLOP, at least "
+        f"{work['ours_min_s_at_matmul_peak']:.2f} s at the f32 2048^3 matmul rate "
+        f"({peak['matmul_flops_per_sec'] / 1e9:.0f} GFLOP/s)"
+        + (f"; so trl/ours <= {work['ratio_bound_at_matmul_peak']:.1f}x on this machine"
+           if peer else ''))
 
   result = {
       'args': vars(args), 'config': CONFIG, 'vocab': vocab, 'max_len': max_len(args),
