@@ -17,13 +17,14 @@ to `dtype`, so convs, dense layers and attention run in it. GroupNorm statistics
 softmax and the noise embedding's sinusoids are float32, and the output is float32: the U-Net's
 last conv runs in float32, the MLP's last dense layer accumulates in float32.
 
-CPU speed: under XLA on CPU a conv's kernel gradient is the slow part of its backward pass (the
-forward and input-gradient convs are fast), so on CPU `UNet` defaults to `conv_impl='hybrid'`:
-lax.conv forward and input gradient, kernel gradient as 9 matmuls (one per tap) in a custom VJP.
-All implementations share nn.Conv's [3, 3, Cin, Cout] kernels, so checkpoints are
-interchangeable; accelerators get plain lax.conv ('xla'). 'hybrid' supports reverse-mode autodiff
-only (jax.grad / jax.vjp); for forward mode (jax.jvp, jacfwd) pick 'xla' or 'im2col'. Timings are
-in the `UNet` docstring.
+CPU speed: `conv_impl` picks how a 3x3 conv and its gradients are computed. 'auto' is plain
+lax.conv ('xla') on every backend: with jaxlib 0.10.2's CPU convolutions (YNNPACK) it is the
+fastest form here too. 'hybrid' (lax.conv forward and input gradient, kernel gradient as 9
+matmuls, one per tap, in a custom VJP) was 1.9x faster on CPU under older jaxlibs and is kept for
+them; 'im2col' is one matmul over 9 shifted copies. All share nn.Conv's [3, 3, Cin, Cout]
+kernels, so checkpoints are interchangeable. 'hybrid' supports reverse-mode autodiff only
+(jax.grad / jax.vjp); for forward mode (jax.jvp, jacfwd) pick 'xla' or 'im2col'. Timings are in
+the `UNet` docstring.
 """
 from __future__ import annotations
 
@@ -158,9 +159,10 @@ _CONVS = {'xla': _conv_xla, 'im2col': _conv_im2col, 'hybrid': _conv_hybrid}
 
 
 def resolve_conv_impl(impl: str) -> str:
-  """'auto' -> 'hybrid' on CPU, 'xla' on accelerators; others are checked and returned."""
+  """'auto' -> 'xla' (the fastest on CPU too since jaxlib 0.10, module docstring); others are
+  checked and returned."""
   if impl == 'auto':
-    return 'hybrid' if jax.default_backend() == 'cpu' else 'xla'
+    return 'xla'
   if impl not in _CONVS:
     raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {impl!r}')
   return impl
@@ -173,7 +175,7 @@ class Conv3x3(nn.Module):
   - 'xla': lax.conv and its autodiff (use on GPU/TPU);
   - 'im2col': the 9 shifted slices concatenated along channels, then one [9 Cin, Cout] matmul;
   - 'hybrid': lax.conv forward and input gradient, kernel gradient as 9 matmuls (custom VJP);
-  - 'auto': 'hybrid' on CPU, else 'xla'.
+  - 'auto': 'xla'.
 
   Computes in `dtype`: the float32 kernel and bias and the input are cast to it.
   """
@@ -270,6 +272,9 @@ class UNet(nn.Module):
   Re-timed 2026-12-03 (28x28x1, 1 res block, attention at 14, no dropout, one core while
   another job ran on the second): 'hybrid' and 'xla' were within noise of each other (batch 32:
   0.84-0.90 / 0.72-0.78 s; batch 64: 1.80-2.11 / 1.70-1.96 s), so the gap above may have closed.
+  2026-12-07, idle machine, benchmarks/diffusion_step.py (the harness's train step, batch 32, 5
+  rounds of 3 steps; results/speed/2026-12-07/diff_*): 'hybrid' / 'xla' 610 / 539 ms on one
+  device, 439 / 374 ms data-parallel over two; the gap has reversed, so 'auto' is now 'xla'.
   """
   channels: int = 32
   channel_mults: tuple[int, ...] = (1, 2, 2)
@@ -281,7 +286,7 @@ class UNet(nn.Module):
   num_heads: int = 1
   out_channels: int | None = None
   embed_scale: float = 1000.
-  conv_impl: str = 'auto'       # see Conv3x3; 'auto' = 'hybrid' on CPU, 'xla' elsewhere
+  conv_impl: str = 'auto'       # see Conv3x3; 'auto' = 'xla'
   dtype: jnp.dtype = jnp.float32  # compute dtype (params float32; output float32)
 
   def _check(self, x):
