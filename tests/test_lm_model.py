@@ -150,7 +150,7 @@ def test_bfloat16_compute_is_close_to_float32(lm):
   def f(p, t, m):
     plain = model.apply(p, t, mask=m)[0]
     cached, cache = model.apply(p, t, mask=m, cache=model_lib.init_cache(cfg, 3, 16))
-    return plain, cached, cache.k.dtype == jnp.bfloat16
+    return plain, cached, all(a.dtype == jnp.bfloat16 for a in cache.k + cache.v)
 
   plain, cached, bf16_cache = f(lm['params'], lm['tokens'], lm['mask'])
   assert plain.dtype == cached.dtype == jnp.float32 and bool(bf16_cache)
@@ -287,3 +287,12 @@ def test_eos_masks_and_pads_the_rest(lm):
     assert np.all(tokens[r, end:] == 0) and np.all(lp[r, end:] == 0)
     np.testing.assert_allclose(lp[r, :end], _np(lm['greedy']['logprobs'])[r, :end], atol=1e-6)
   assert stopped >= 1
+
+
+def test_cache_layout_is_one_slots_last_array_per_layer():
+  """The decode-speed layout (model.KVCache): num_layers arrays of [B, H, D, S] for k and v."""
+  cache = model_lib.init_cache(CFG, 3, 16)
+  assert len(cache.k) == len(cache.v) == CFG.num_layers
+  for a in cache.k + cache.v:
+    assert a.shape == (3, CFG.num_heads, CFG.head_dim, 16)
+  assert cache.max_len == 16

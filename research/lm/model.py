@@ -133,23 +133,25 @@ def flops_per_token(cfg: TransformerConfig, seq_len: int) -> float:
 class KVCache:
   """Keys and values of every layer for `max_len` slots, written left to right.
 
-  k, v:  [num_layers, B, num_heads, head_dim, max_len], keys already rotated (RoPE at their
-         own positions), so a cached key never needs its position again. Slots are the minor
-         axis: a decode step's two attention products then read each layer's slab as it lies
-         (slots last is the layout XLA:CPU's dot wants; with [.., max_len, H, D] every step
-         transposed the whole cache, 2/3 of the decode time of benchmarks/lm_step.py).
+  k, v:  one [B, num_heads, head_dim, max_len] array per layer (tuples of num_layers), keys
+         already rotated (RoPE at their own positions), so a cached key never needs its
+         position again. Slots are the minor axis: a decode step's two attention products then
+         read a layer's array as it lies (slots last is the layout XLA:CPU's dot wants; with
+         [.., max_len, H, D] every step transposed the whole cache, 2/3 of the decode time of
+         benchmarks/lm_step.py). One array per layer, not one stacked [L, ...] array: reading a
+         layer out of a stack copied it at every step.
   mask:  [B, max_len] bool, True where a slot holds a real token: padding slots and slots not yet
          written are False and never attended to.
   index: int32 scalar, the next slot to write (the same for every row: rows are left-padded).
   """
-  k: jax.Array
-  v: jax.Array
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
   mask: jax.Array
   index: jax.Array
 
   @property
   def max_len(self) -> int:
-    return self.k.shape[-1]
+    return self.k[0].shape[-1]
 
 
 def init_cache(cfg: TransformerConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
@@ -157,8 +159,9 @@ def init_cache(cfg: TransformerConfig, batch: int, max_len: int, dtype: Any = No
   `max_len` is not checked inside jit (dynamic_update_slice would clamp): size it to hold the
   prompt and every generated token."""
   dtype = cfg.compute_dtype if dtype is None else dtype
-  shape = (cfg.num_layers, batch, cfg.num_heads, cfg.head_dim, max_len)
-  return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+  shape = (batch, cfg.num_heads, cfg.head_dim, max_len)
+  zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+  return KVCache(k=zeros(), v=zeros(),
                  mask=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
 
 
@@ -204,7 +207,7 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x, positions, attn_mask, layer_cache, deterministic: bool):
     """x [B, T, d]; attn_mask [B, T, S] (True = may attend); layer_cache None or
-    (k, v, layer, index) with the all-layer cache arrays k, v [L, B, H, D, S]. Returns
+    (k, v, index) with this layer's cache arrays k, v [B, H, D, S]. Returns
     (out [B, T, d], the updated (k, v) or None)."""
     cfg, dt = self.cfg, self.cfg.compute_dtype
     b, t, _ = x.shape
@@ -218,15 +221,14 @@ class Attention(nn.Module):
     k = apply_rope(k, positions, cfg.rope_base)
     new_kv, kv_spec = None, 'bshd'
     if layer_cache is not None:
-      # Write this chunk into the all-layer arrays in place (one dynamic_update_slice each, no
-      # per-layer copies re-stacked), then attend over this layer's slots ([B, H, D, S]).
-      ck, cv, layer, index = layer_cache
-      start = (layer, 0, 0, 0, index)
-      to_slots_last = lambda a, c: a.transpose(0, 2, 3, 1).astype(c.dtype)[None]
-      ck = jax.lax.dynamic_update_slice(ck, to_slots_last(k, ck), start)
-      cv = jax.lax.dynamic_update_slice(cv, to_slots_last(v, cv), start)
+      # Write this chunk into the layer's arrays in place (one dynamic_update_slice each), then
+      # attend over all their slots ([B, H, D, S]).
+      ck, cv, index = layer_cache
+      to_slots_last = lambda a, c: a.transpose(0, 2, 3, 1).astype(c.dtype)
+      ck = jax.lax.dynamic_update_slice(ck, to_slots_last(k, ck), (0, 0, 0, index))
+      cv = jax.lax.dynamic_update_slice(cv, to_slots_last(v, cv), (0, 0, 0, index))
       new_kv, kv_spec = (ck, cv), 'bhds'
-      k, v = ck[layer], cv[layer]
+      k, v = ck, cv
     scores = jnp.einsum(f'bthd,{kv_spec}->bhts', q, k.astype(dt),
                         preferred_element_type=jnp.float32) / math.sqrt(hd)
     # A finite minimum rather than -inf: a row with nothing to attend to (a padding query)
@@ -329,10 +331,13 @@ class Transformer(nn.Module):
                            (cfg.vocab_size, cfg.d_model), jnp.float32)
     x = jnp.take(embedding, tokens, axis=0).astype(dt)
     x = nn.Dropout(cfg.dropout, deterministic=deterministic)(x)
-    kv = None if cache is None else (cache.k, cache.v)
+    new_k, new_v = [], []
     for i in range(cfg.num_layers):
-      layer_cache = None if kv is None else (*kv, i, cache.index)
+      layer_cache = None if cache is None else (cache.k[i], cache.v[i], cache.index)
       x, kv = Block(cfg, name=f'block_{i}')(x, positions, attn_mask, layer_cache, deterministic)
+      if kv is not None:
+        new_k.append(kv[0])
+        new_v.append(kv[1])
     x = nn.RMSNorm(dtype=dt, name='norm_out')(x)
     logits = jnp.einsum('btd,vd->btv', x, embedding.astype(dt),
                         preferred_element_type=jnp.float32)
@@ -340,7 +345,7 @@ class Transformer(nn.Module):
 
     new_cache = None
     if cache is not None:
-      new_cache = KVCache(k=kv[0], v=kv[1], mask=cache_mask, index=cache.index + t)
+      new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), mask=cache_mask, index=cache.index + t)
     if return_hidden:
       return logits.astype(jnp.float32), new_cache, x.astype(jnp.float32)
     return logits.astype(jnp.float32), new_cache
