@@ -20,8 +20,9 @@ last conv runs in float32, the MLP's last dense layer accumulates in float32.
 CPU speed: `conv_impl` picks how a 3x3 conv and its gradients are computed. 'auto' is plain
 lax.conv ('xla') on every backend: with jaxlib 0.10.2's CPU convolutions (YNNPACK) it is the
 fastest form here too. 'hybrid' (lax.conv forward and input gradient, kernel gradient as 9
-matmuls, one per tap, in a custom VJP) was 1.9x faster on CPU under older jaxlibs and is kept for
-them; 'im2col' is one matmul over 9 shifted copies. All share nn.Conv's [3, 3, Cin, Cout]
+matmuls, one per tap, in a custom VJP) timed 1.9x faster on this CPU in an earlier session and
+slower since (the `UNet` docstring has both); it stays selectable. 'im2col' is one matmul over 9
+shifted copies. All share nn.Conv's [3, 3, Cin, Cout]
 kernels, so checkpoints are interchangeable. 'hybrid' supports reverse-mode autodiff only
 (jax.grad / jax.vjp); for forward mode (jax.jvp, jacfwd) pick 'xla' or 'im2col'. Timings are in
 the `UNet` docstring.
@@ -159,8 +160,8 @@ _CONVS = {'xla': _conv_xla, 'im2col': _conv_im2col, 'hybrid': _conv_hybrid}
 
 
 def resolve_conv_impl(impl: str) -> str:
-  """'auto' -> 'xla' (the fastest on CPU too since jaxlib 0.10, module docstring); others are
-  checked and returned."""
+  """'auto' -> 'xla' (the fastest on CPU too, module docstring); others are checked and
+  returned."""
   if impl == 'auto':
     return 'xla'
   if impl not in _CONVS:
