@@ -2,13 +2,14 @@ r"""Runs one config over several seeds and reports mean ± standard error of the
 
   python -m research.seeds --config=experiments/vae_digits/config.py --workdir=/tmp/vae_seeds \
       --seeds=0,1,2,3,4 [--parallel=2] [--metrics=eval.neg_elbo,eval.iwae_nll] [--timeout=0] \
-      [--config.x.y=... overrides, passed verbatim to every seed]
+      [--curves=eval.modes_captured] [--config.x.y=... overrides, passed verbatim to every seed]
 
 Each seed is an ordinary `python -m research.main` run in WORKDIR/seed_<k> with `--config.seed=k`
 (its stdout and stderr appended to WORKDIR/seed_<k>/run.log), at most --parallel at a time.
 Rerunning the command skips finished seeds and resumes the others from their checkpoints. A
 failed seed is recorded, not fatal. Writes WORKDIR/seeds.json and WORKDIR/seeds.md and prints
-the table; exits 0 only if every seed finished (1 otherwise, 2 for a config or flag error).
+the table (and WORKDIR/curves.md: mean ± s.e. at every eval step of the --curves metrics);
+exits 0 only if every seed finished (1 otherwise, 2 for a config or flag error).
 
 From Python: `summarize(workdir)` aggregates the finished seed_<k> runs under a workdir, and
 `mean_se(values)` is the statistic itself.
@@ -43,6 +44,8 @@ def _define_flags():
   flags.DEFINE_integer('parallel', 1, 'Seeds run at the same time.')
   flags.DEFINE_list('metrics', [], 'Dotted final-metric paths (eval.reverse_kl); '
                     'default: every numeric scalar under eval.')
+  flags.DEFINE_list('curves', [], 'Dotted eval metrics (eval.modes_captured) whose mean ± s.e. '
+                    'at every eval step goes to WORKDIR/curves.md and seeds.json.')
   flags.DEFINE_float('timeout', 0.0, 'Seconds per seed before it is stopped (SIGTERM: '
                      'it checkpoints, so a rerun resumes it); 0 = none.')
 
@@ -147,6 +150,43 @@ def summarize(workdir: str, metrics: Sequence[str] | None = None,
                 'missing': len(values) - len(present), 'values': values}
   return {'workdir': workdir, 'seeds': done, 'unfinished': [k for k in seeds if k not in done],
           'per_seed': {str(k): v for k, v in per_seed.items()}, 'metrics': table}
+
+
+def curves(workdir: str, metrics: Sequence[str], seeds: Sequence[int]) -> dict:
+  """Learning curves: {metric: {step: (mean, se, n)}} over the seeds' logged evals
+  (WORKDIR/seed_<k>/metrics.jsonl rows of split 'eval'; `metrics` as 'eval.<name>'). A step
+  counts the seeds that logged it, so an unfinished seed only shortens its own curve."""
+  values: dict[str, dict[int, list[float]]] = {m: {} for m in metrics}
+  for k in seeds:
+    try:
+      with open(os.path.join(seed_dir(workdir, k), 'metrics.jsonl')) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError):
+      continue
+    latest = {}  # a resumed run may log a step twice: keep its last row
+    for row in rows:
+      if row.get('split') == 'eval':
+        latest[row['step']] = row
+    for m in metrics:
+      split, _, name = m.partition('.')
+      for step, row in latest.items():
+        if split == 'eval' and _is_number(row.get(name)):
+          values[m].setdefault(step, []).append(float(row[name]))
+  return {m: {step: mean_se(v) for step, v in sorted(by_step.items())}
+          for m, by_step in values.items()}
+
+
+def format_curves(table: dict) -> str:
+  """Markdown: step | mean ± s.e. (n) for each metric."""
+  steps = sorted({step for by_step in table.values() for step in by_step})
+  lines = ['| step | ' + ' | '.join(table) + ' |', '|---' * (len(table) + 1) + '|']
+  for step in steps:
+    cells = []
+    for by_step in table.values():
+      mean, se, n = by_step.get(step, (None, None, 0))
+      cells.append(f'{_fmt(mean)} ± {_fmt(se)} ({n})' if n else '–')
+    lines.append(f'| {step} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
 
 
 def _fmt(v: float | None) -> str:
@@ -330,6 +370,9 @@ def main(argv):
     _exit(f'flag error: --seeds={",".join(FLAGS.seeds)}: must be distinct integers')
   if FLAGS.parallel < 1:
     _exit(f'flag error: --parallel={FLAGS.parallel}: must be >= 1')
+  if any(not m.startswith('eval.') for m in FLAGS.curves):
+    _exit(f'flag error: --curves={",".join(FLAGS.curves)}: name eval metrics, e.g. '
+          'eval.modes_captured')
   if any(o.lstrip('-').split('=')[0] == 'config.seed' for o in overrides):
     _exit('config error: --config.seed: set the seeds with --seeds')
   # The same checks research.main runs, once, before any seed starts (on CPU: this process only
@@ -351,11 +394,16 @@ def main(argv):
   summary = summarize(workdir, FLAGS.metrics or None, ok)
   summary |= {'config': spec, 'overrides': overrides, 'requested_seeds': seeds,
               'runs': {str(k): r for k, r in results.items()}, 'failed': failures}
-  with open(os.path.join(workdir, 'seeds.json'), 'w') as f:
-    json.dump(summary, f, indent=2)
   table = format_table(summary, failures, title=' '.join([spec, *overrides]))
   with open(os.path.join(workdir, 'seeds.md'), 'w') as f:
     f.write(table)
+  if FLAGS.curves:
+    curve = curves(workdir, FLAGS.curves, seeds)
+    summary['curves'] = {m: {str(step): v for step, v in c.items()} for m, c in curve.items()}
+    with open(os.path.join(workdir, 'curves.md'), 'w') as f:
+      f.write(format_curves(curve))
+  with open(os.path.join(workdir, 'seeds.json'), 'w') as f:
+    json.dump(summary, f, indent=2)
   print(table, end='')
   sys.exit(1 if failures else 0)
 

@@ -71,8 +71,10 @@ def _one_step(config, devices, batch):
 
 
 @pytest.mark.parametrize('kind,pack,extra', [
-    ('toy', 2, {'n_critic': 2}),                      # packing, 2 critic steps, G batch norm
-    ('toy', 1, {'loss': 'wgan', 'gp_weight': 10.0, 'n_critic': 2}),      # WGAN-GP
+    ('toy', 2, {'n_critic': 2, 'update_rule': 'alternating'}),  # packing, 2 D steps, G batch norm
+    ('toy', 1, {'loss': 'wgan', 'gp_weight': 10.0, 'n_critic': 2,
+                'update_rule': 'alternating'}),       # WGAN-GP
+    ('toy', 2, {'update_rule': 'simultaneous'}),      # PacGAN's simultaneous updates (its code)
     ('images', 1, {}),                                # SN + hinge + class-conditional
 ])
 def test_two_device_step_equals_one_device_step(kind, pack, extra):
@@ -97,6 +99,34 @@ def test_two_device_step_equals_one_device_step(kind, pack, extra):
   for name in ('d_loss', 'g_loss', 'd_real_acc', 'd_fake_acc', 'd_grad_norm', 'g_grad_norm'):
     assert np.isfinite(metrics[name]), name
   assert ('gradient_penalty' in metrics) == bool(extra.get('gp_weight'))
+
+
+@pytest.mark.parametrize('update', ['alternating', 'simultaneous'])
+def test_simultaneous_updates_take_the_generator_gradient_at_the_old_discriminator(update):
+  """With gan.update_rule='simultaneous' the generator's step is the same whatever the
+  discriminator's learning rate (its gradient is taken before D moves); alternating updates
+  answer the D step just taken, so there the generator's step depends on it."""
+  g_params = []
+  for d_lr in (1e-9, 1.0):
+    config = tiny_toy(update_rule=update, d_lr=d_lr)
+    config.optimizer.name = 'sgd'
+    config.optimizer.lr = 0.05
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    exp = trainer.build(config, mesh)
+    batch = parallel.host_batch_to_global(
+        next(pipeline.train_iterator(config.data, config.train.batch_size, config.seed)), mesh)
+    state = exp.init(jax.random.key(0), batch)
+    before = parallel.to_host(state.g.params)
+    state, _ = exp.train_step(state, batch, jax.random.key(1))
+    g_params.append(parallel.to_host(state.g.params))
+  step = max(float(np.max(np.abs(a - b))) for a, b in
+             zip(jax.tree.leaves(g_params[0]), jax.tree.leaves(before)))
+  diff = max(float(np.max(np.abs(a - b))) for a, b in
+             zip(jax.tree.leaves(g_params[0]), jax.tree.leaves(g_params[1])))
+  if update == 'simultaneous':
+    assert diff == 0.0, (diff, step)
+  else:
+    assert diff > 0.01 * step, (diff, step)
 
 
 def test_the_saturating_loss_starves_the_generator():
@@ -124,12 +154,14 @@ def test_config_errors_name_the_field():
       (lambda c: setattr(c.model, 'arch', 'dcgan'), 'model.arch'),
       (lambda c: setattr(c.gan, 'loss', 'lsgan'), 'gan.loss'),
       (lambda c: setattr(c.gan, 'n_critic', 0), 'gan.n_critic'),
+      (lambda c: setattr(c.gan, 'update_rule', 'simultaneous'), 'gan.n_critic'),   # n_critic 2
+      (lambda c: setattr(c.gan, 'update_rule', 'together'), 'gan.update_rule'),
       (lambda c: setattr(c.train, 'batch_size', 30), 'train.batch_size'),   # 30 % (2 * 4)
       (lambda c: setattr(c.model, 'class_conditional', True), 'model.class_conditional'),
       (lambda c: setattr(c.model, 'd_hidden', '200,x'), 'model.d_hidden'),
   ]
   for mutate, field in bad:
-    c = tiny_toy(pack=2)
+    c = tiny_toy(pack=2, update_rule='alternating')
     c.gan.n_critic = 2
     c.train.batch_size = 32
     mutate(c)
@@ -173,8 +205,9 @@ def test_image_gan_run_samples_images(tmp_path):
 def test_a_diverging_run_stops_without_a_bad_checkpoint(tmp_path):
   """Learning rate 10 on the toy GAN: the losses blow up (finite at first, ~1e10 within a few
   hundred steps), the run stops with a message naming the step and the limit, and every
-  checkpoint left on disk is finite and from before the blow-up."""
-  config = tiny_toy()
+  checkpoint left on disk is finite and from before the blow-up. (Alternating updates: with
+  simultaneous ones the blow-up comes within the first few steps, before anything is logged.)"""
+  config = tiny_toy(update_rule='alternating')
   config.optimizer.lr = 10.0
   config.train.num_steps = 400
   config.train.log_every = 5

@@ -60,6 +60,27 @@ def test_summarize_counts_non_finite_and_skips_unfinished(tmp_path):
   assert only['metrics']['eval.fid']['missing'] == 1 and only['metrics']['eval.modes']['n'] == 1
 
 
+def _log_evals(path, rows):
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
+    for step, value in rows:
+      f.write(json.dumps({'step': step, 'split': 'train', 'modes': -1.0}) + '\n')
+      f.write(json.dumps({'step': step, 'split': 'eval', 'modes': value}) + '\n')
+
+
+def test_curves_average_each_eval_step_over_the_seeds_that_logged_it(tmp_path):
+  _log_evals(tmp_path / 'seed_0', [(5, 10.0), (10, 20.0)])
+  _log_evals(tmp_path / 'seed_1', [(5, 14.0), (10, 22.0), (10, 24.0)])  # resumed: last row wins
+  _log_evals(tmp_path / 'seed_2', [(5, 12.0)])                         # unfinished
+  curve = seeds.curves(str(tmp_path), ['eval.modes'], [0, 1, 2, 3])    # seed 3: no log
+  (m5, se5, n5), (m10, se10, n10) = curve['eval.modes'][5], curve['eval.modes'][10]
+  assert (m5, n5, m10, n10) == (12.0, 3, 22.0, 2)
+  assert np.isclose(se5, np.std([10, 14, 12], ddof=1) / np.sqrt(3))
+  assert np.isclose(se10, np.std([20, 24], ddof=1) / np.sqrt(2))
+  table = seeds.format_curves(curve)
+  assert '| 5 | 12 ± 1.155 (3) |' in table and '| 10 | 22 ± 2 (2) |' in table
+
+
 def test_config_argv_keeps_overrides_verbatim():
   config = helpers.load_config('vae_digits')
   argv = ['--config', 'experiments/vae_digits/config.py', '--workdir=/tmp/x',
@@ -77,6 +98,8 @@ def test_bad_flags_are_one_line_exit_2(tmp_path):
       "config error: --config.train.nope: unknown field ('nope')"]
   proc = _seeds_cli([f'--workdir={tmp_path}', '--config.seed=3'])
   assert proc.returncode == 2 and '--seeds' in proc.stderr
+  proc = _seeds_cli([f'--workdir={tmp_path}', '--curves=modes_captured'])
+  assert proc.returncode == 2 and 'eval.modes_captured' in proc.stderr
   assert not os.listdir(tmp_path)
 
 
@@ -94,9 +117,13 @@ def test_two_seeds_in_parallel_then_skip_then_a_failure(tmp_path):
   before = [os.stat(p).st_mtime_ns for p in watched]
 
   # A rerun starts no subprocess: both seeds are finished.
-  proc = _seeds_cli([f'--workdir={wd}', '--seeds=0,1', *SMALL])
+  proc = _seeds_cli([f'--workdir={wd}', '--seeds=0,1', '--curves=eval.neg_elbo', *SMALL])
   assert proc.returncode == 0 and proc.stdout.count('skipped') == 2
   assert [os.stat(p).st_mtime_ns for p in watched] == before
+  # ... and a rerun with --curves adds the learning curves of the finished seeds.
+  curve = json.load(open(tmp_path / 'seeds.json'))['curves']['eval.neg_elbo']
+  assert curve['10'][2] == 2 and np.isclose(curve['10'][0], elbo['mean'])
+  assert '| 10 |' in open(tmp_path / 'curves.md').read()
 
   # Seed 2's workdir is unusable (config.json is a directory): it fails for real; the others
   # are skipped, the failure is tabulated and the exit code is 1.

@@ -2,8 +2,11 @@
 
 One per-device train step does `gan.n_critic` discriminator updates (a `lax.scan`, each on its
 own slice of the real batch and fresh fakes), then one generator update against the updated
-discriminator, with two Optax optimizers (`gan.d_lr` != `optimizer.lr` gives the two
-time-scale rule of Heusel et al. 2017) and an optional EMA of the generator.
+discriminator (`gan.update_rule='alternating'`, the DCGAN/WGAN practice). With
+`gan.update_rule='simultaneous'` both players' gradients come from one forward pass at the
+current parameters and both are applied at once: the rule of the ALI code that PacGAN's 2-D
+experiments ran on. Two Optax optimizers (`gan.d_lr` != `optimizer.lr` gives the two time-scale
+rule of Heusel et al. 2017) and an optional EMA of the generator.
 
 - `gan.loss`: 'ns' (non-saturating BCE), 'minimax' (the saturating original, to show the
   vanishing generator gradient), 'wgan' (+ `gan.gp_weight` for WGAN-GP) or 'hinge'; optional R1
@@ -39,6 +42,7 @@ from research.gan import losses, networks
 from research.train_state import TrainState, apply_gradients
 
 ARCHS = ('dcgan', 'mlp')
+UPDATES = ('alternating', 'simultaneous')
 
 
 @flax.struct.dataclass
@@ -99,6 +103,8 @@ class GAN(Family):
     c.gan = ml_collections.ConfigDict()
     c.gan.loss = 'ns'                 # ns | minimax | wgan | hinge (research/gan/losses.py)
     c.gan.n_critic = 1                # discriminator updates per generator update
+    c.gan.update_rule = 'alternating'  # alternating (D, then G against the new D) | simultaneous
+                                       # (both gradients from one forward pass; n_critic 1)
     c.gan.pack = 1                    # PacGAN: samples per discriminator input
     c.gan.gp_weight = 0.0             # WGAN-GP lambda (10 in Gulrajani et al.); 0 = off
     c.gan.r1_gamma = 0.0              # R1 penalty gamma (Mescheder et al. 2018); 0 = off
@@ -129,6 +135,10 @@ class GAN(Family):
                     m.class_conditional, 'class conditioning is for images (arch dcgan)')
     configs.one_of(g.loss, losses.LOSSES, 'gan.loss')
     configs.require(g.n_critic >= 1, 'gan.n_critic', g.n_critic, 'must be >= 1')
+    configs.one_of(g.update_rule, UPDATES, 'gan.update_rule')
+    configs.require(g.update_rule == 'alternating' or g.n_critic == 1, 'gan.n_critic',
+                    g.n_critic, "gan.update_rule='simultaneous' makes one update of each player: "
+                    'use n_critic=1')
     configs.require(g.pack >= 1, 'gan.pack', g.pack, 'must be >= 1 (1 = no packing)')
     configs.require(not (g.pack > 1 and m.class_conditional), 'gan.pack', g.pack,
                     'packing mixes labels in one input; use pack=1 with class_conditional')
@@ -257,7 +267,7 @@ class GAN(Family):
       r1 = losses.r1_penalty(lambda x: critic(x)[0], pack(real, g_cfg.pack))
       loss += 0.5 * g_cfg.r1_gamma * r1
       metrics['r1_penalty'] = r1
-    return loss, (dict(metrics, d_loss=loss), new_state)
+    return loss, (dict(metrics, d_loss=loss), new_state, fake_logits)
 
   def _g_loss(self, g_params, g_state, d_params, d_state, z, labels, key):
     fake, g_updates = self._generate(g_params, g_state, z, labels, parallel.AXIS)
@@ -270,6 +280,8 @@ class GAN(Family):
     g_cfg = self.config.gan
     real = self._data(batch)
     labels = self._labels(batch)
+    if g_cfg.update_rule == 'simultaneous':
+      return self._simultaneous_step(state, real, labels, key)
     n = real.shape[0] // g_cfg.n_critic           # real examples per discriminator step
     k_d, k_g = jax.random.split(key)
 
@@ -290,7 +302,7 @@ class GAN(Family):
                                self._latents(k_z, n), fake_labels, parallel.AXIS)
       fake = lax.stop_gradient(fake)
       grad_fn = jax.value_and_grad(self._d_loss, has_aux=True)
-      (_, (metrics, d_state)), grads = grad_fn(d.params, d.model_state, real_i, labels_i,
+      (_, (metrics, d_state, _)), grads = grad_fn(d.params, d.model_state, real_i, labels_i,
                                                fake, fake_labels, k_loss)
       grads = lax.pmean(grads, parallel.AXIS)
       metrics['d_grad_norm'] = optax.global_norm(grads)
@@ -311,6 +323,33 @@ class GAN(Family):
     g = apply_gradients(state.g, g_grads, g_updates)
     metrics = lax.pmean(dict(d_metrics, **g_metrics), parallel.AXIS)
     return GANState(step=state.step + 1, g=g, d=d), metrics
+
+  def _simultaneous_step(self, state: GANState, real, labels, key):
+    """Both players' losses from one generator and one discriminator forward pass at the
+    current parameters; each player's gradient is pulled back from its own loss."""
+    n = real.shape[0]
+    k_z, k_y, k_loss = jax.random.split(key, 3)
+    fake_labels = self._fake_labels(k_y, n)
+    z = self._latents(k_z, n)
+
+    def both(d_params, g_params):
+      fake, g_updates = self._generate(g_params, state.g.model_state, z, fake_labels,
+                                       parallel.AXIS)
+      d_loss, (metrics, d_state, fake_logits) = self._d_loss(
+          d_params, state.d.model_state, real, labels, fake, fake_labels, k_loss)
+      g_loss = losses.generator_loss(self.config.gan.loss, fake_logits)
+      return (d_loss, g_loss), (dict(metrics, g_loss=g_loss), d_state, g_updates)
+
+    (d_loss, g_loss), pull, (metrics, d_state, g_updates) = jax.vjp(
+        both, state.d.params, state.g.params, has_aux=True)
+    one, zero = jnp.ones_like(d_loss), jnp.zeros_like(g_loss)
+    d_grads = lax.pmean(pull((one, zero))[0], parallel.AXIS)   # XLA drops the unused halves
+    g_grads = lax.pmean(pull((zero, one))[1], parallel.AXIS)
+    metrics['d_grad_norm'] = optax.global_norm(d_grads)
+    metrics['g_grad_norm'] = optax.global_norm(g_grads)
+    d = apply_gradients(state.d, d_grads, d_state)
+    g = apply_gradients(state.g, g_grads, g_updates)
+    return GANState(step=state.step + 1, g=g, d=d), lax.pmean(metrics, parallel.AXIS)
 
   def eval_step(self, state: GANState, batch, key):
     """Per example: the discriminator's view of held-out real data and of as many fakes (a
