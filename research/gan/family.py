@@ -303,7 +303,7 @@ class GAN(Family):
       fake = lax.stop_gradient(fake)
       grad_fn = jax.value_and_grad(self._d_loss, has_aux=True)
       (_, (metrics, d_state, _)), grads = grad_fn(d.params, d.model_state, real_i, labels_i,
-                                               fake, fake_labels, k_loss)
+                                                  fake, fake_labels, k_loss)
       grads = lax.pmean(grads, parallel.AXIS)
       metrics['d_grad_norm'] = optax.global_norm(grads)
       return apply_gradients(d, grads, d_state), metrics
