@@ -8,7 +8,7 @@ Each seed is an ordinary `python -m research.main` run in WORKDIR/seed_<k> with 
 (its stdout and stderr appended to WORKDIR/seed_<k>/run.log), at most --parallel at a time.
 Rerunning the command skips finished seeds and resumes the others from their checkpoints. A
 failed seed is recorded, not fatal. Writes WORKDIR/seeds.json and WORKDIR/seeds.md and prints
-the table (and WORKDIR/curves.md: mean ± s.e. at every eval step of the --curves metrics);
+the table (and WORKDIR/curves.md: mean ± s.e. at every logged step of the --curves metrics);
 exits 0 only if every seed finished (1 otherwise, 2 for a config or flag error).
 
 From Python: `summarize(workdir)` aggregates the finished seed_<k> runs under a workdir, and
@@ -44,8 +44,8 @@ def _define_flags():
   flags.DEFINE_integer('parallel', 1, 'Seeds run at the same time.')
   flags.DEFINE_list('metrics', [], 'Dotted final-metric paths (eval.reverse_kl); '
                     'default: every numeric scalar under eval.')
-  flags.DEFINE_list('curves', [], 'Dotted eval metrics (eval.modes_captured) whose mean ± s.e. '
-                    'at every eval step goes to WORKDIR/curves.md and seeds.json.')
+  flags.DEFINE_list('curves', [], 'Logged metrics (eval.modes_captured, train.g_loss) whose '
+                    'mean ± s.e. at every logged step goes to WORKDIR/curves.md and seeds.json.')
   flags.DEFINE_float('timeout', 0.0, 'Seconds per seed before it is stopped (SIGTERM: '
                      'it checkpoints, so a rerun resumes it); 0 = none.')
 
@@ -153,9 +153,10 @@ def summarize(workdir: str, metrics: Sequence[str] | None = None,
 
 
 def curves(workdir: str, metrics: Sequence[str], seeds: Sequence[int]) -> dict:
-  """Learning curves: {metric: {step: (mean, se, n)}} over the seeds' logged evals
-  (WORKDIR/seed_<k>/metrics.jsonl rows of split 'eval'; `metrics` as 'eval.<name>'). A step
-  counts the seeds that logged it, so an unfinished seed only shortens its own curve."""
+  """Learning curves: {metric: {step: (mean, se, n)}} over the seeds' logged metrics
+  (WORKDIR/seed_<k>/metrics.jsonl; `metrics` as '<split>.<name>', e.g. 'eval.reverse_kl' or
+  'train.g_loss'). A step counts the seeds that logged it, so an unfinished seed only shortens
+  its own curve."""
   values: dict[str, dict[int, list[float]]] = {m: {} for m in metrics}
   for k in seeds:
     try:
@@ -163,14 +164,12 @@ def curves(workdir: str, metrics: Sequence[str], seeds: Sequence[int]) -> dict:
         rows = [json.loads(line) for line in f if line.strip()]
     except (OSError, ValueError):
       continue
-    latest = {}  # a resumed run may log a step twice: keep its last row
-    for row in rows:
-      if row.get('split') == 'eval':
-        latest[row['step']] = row
+    # A resumed run may log a step twice: keep its last row.
+    latest = {(row.get('split'), row.get('step')): row for row in rows}
     for m in metrics:
       split, _, name = m.partition('.')
-      for step, row in latest.items():
-        if split == 'eval' and _is_number(row.get(name)):
+      for (row_split, step), row in latest.items():
+        if row_split == split and _is_number(row.get(name)):
           values[m].setdefault(step, []).append(float(row[name]))
   return {m: {step: mean_se(v) for step, v in sorted(by_step.items())}
           for m, by_step in values.items()}
@@ -370,9 +369,9 @@ def main(argv):
     _exit(f'flag error: --seeds={",".join(FLAGS.seeds)}: must be distinct integers')
   if FLAGS.parallel < 1:
     _exit(f'flag error: --parallel={FLAGS.parallel}: must be >= 1')
-  if any(not m.startswith('eval.') for m in FLAGS.curves):
-    _exit(f'flag error: --curves={",".join(FLAGS.curves)}: name eval metrics, e.g. '
-          'eval.modes_captured')
+  if any(not m.startswith(('eval.', 'train.')) for m in FLAGS.curves):
+    _exit(f'flag error: --curves={",".join(FLAGS.curves)}: name logged metrics as '
+          'eval.<name> or train.<name>, e.g. eval.modes_captured')
   if any(o.lstrip('-').split('=')[0] == 'config.seed' for o in overrides):
     _exit('config error: --config.seed: set the seeds with --seeds')
   # The same checks research.main runs, once, before any seed starts (on CPU: this process only

@@ -79,6 +79,8 @@ def test_curves_average_each_eval_step_over_the_seeds_that_logged_it(tmp_path):
   assert np.isclose(se10, np.std([20, 24], ddof=1) / np.sqrt(2))
   table = seeds.format_curves(curve)
   assert '| 5 | 12 ± 1.155 (3) |' in table and '| 10 | 22 ± 2 (2) |' in table
+  train = seeds.curves(str(tmp_path), ['train.modes'], [0])['train.modes']
+  assert list(train) == [5, 10] and train[5][:1] == (-1.0,) and train[5][2] == 1
 
 
 def test_config_argv_keeps_overrides_verbatim():

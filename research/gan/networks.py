@@ -183,8 +183,8 @@ class MaxoutDiscriminator(nn.Module):
       dense = nn.Dense(units * self.pieces, kernel_init=_kernel_init, dtype=self.dtype,
                        name=f'maxout_{i}')
       h = _layer(dense, h, self.spectral_norm, update_stats)
-      # Piece-major columns ([B, pieces, units]): the max reads contiguous slices, and its
-      # gradient (a mask over them) runs the D step 1.5x faster on XLA:CPU than [B, units, pieces].
+      # Piece-major columns ([B, pieces, units]): the max reads contiguous slices. On XLA:CPU
+      # this D's forward and backward ran 1.5x faster than with [B, units, pieces].
       h = jnp.max(h.reshape(h.shape[0], self.pieces, units), axis=1)
       if self.dropout > 0:
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
