@@ -80,6 +80,8 @@ def common_defaults() -> ml_collections.ConfigDict:
   c.optimizer.clip_grad_norm = 0.0            # 0 = no clipping
   c.optimizer.grad_accum_steps = 1            # microbatches per step (scan inside the step)
   c.optimizer.ema_decay = 0.0                 # 0 = no EMA; eval and sampling use EMA params
+  c.optimizer.ema_warmup = True               # decay min(ema_decay, (1+n)/(10+n)) at update n:
+                                              # a short run's EMA is not stuck near the init
   c.optimizer.frozen = ''                     # comma-separated regexes of param paths to freeze
   c.optimizer.schedule = ml_collections.ConfigDict()
   c.optimizer.schedule.name = 'constant'  # constant | warmup_cosine | warmup_linear |
@@ -109,6 +111,10 @@ def common_defaults() -> ml_collections.ConfigDict:
   c.eval.num_samples = 64         # samples drawn at each sample step
   c.eval.best_metric = ''         # e.g. 'neg_elbo'; '' = keep no "best" checkpoint
   c.eval.best_mode = 'min'        # min | max
+  c.eval.draws = 3                # drawn eval metrics (e.g. a GAN's mode coverage): mean and
+                                  # standard error (<name>_se) over this many independent draws
+  c.eval.compare_raw = True       # with an EMA: also eval the raw params (eval.raw_*) and warn
+                                  # when the EMA's loss is far worse (a stale EMA)
 
   c.init_from = ml_collections.ConfigDict()  # transfer learning from another run
   c.init_from.workdir = ''        # '' = train from scratch
@@ -284,6 +290,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   require(e.batch_size > 0 and e.batch_size % num_devices == 0, 'eval.batch_size', e.batch_size,
           f'must be > 0 and divide by the {num_devices} devices')
   require(e.num_samples >= 0, 'eval.num_samples', e.num_samples, 'must be >= 0')
+  require(e.draws >= 1, 'eval.draws', e.draws, 'must be >= 1 (3 or more for an error bar)')
   one_of(e.best_mode, ('min', 'max'), 'eval.best_mode')
   optim.validate(config.optimizer, t.num_steps, moments_dtype=config.precision.moments)
   datasets.validate(config.data)

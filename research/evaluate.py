@@ -2,9 +2,13 @@ r"""Sample-quality evaluation of a trained generative run, in a learned feature 
 
   python -m research.evaluate --workdir=RUN [--num_samples=N] [--max_real=10000]
 
-Reads RUN/config.json and the latest RUN/samples/samples_*.npz (key `images`, NHWC in [0, 1]);
-with --num_samples=N larger than that file holds, first draws N samples from the latest
-checkpoint (saved as RUN/samples/eval_samples_<step>.npz). Features come from the dataset's
+Reads RUN/config.json and the run's sample sets at its latest sampled step,
+RUN/samples/samples_<step>[_<tag>].npz (key `images`, NHWC in [0, 1], or `points`), each with a
+JSON beside it saying what drew it (sampler, steps, grid, ...; the tag names those settings).
+Each set is scored on its own (`--samples=TAG,...` picks sets) and written to RUN/eval.json
+(untagged) or RUN/eval_<tag>.json. With --num_samples=N larger than a set holds, first draws N
+samples from the latest checkpoint with that set's settings (saved as
+RUN/samples/eval_samples_<step>[_<tag>].npz). Features come from the dataset's
 feature network (research/evaluation/features.py: a small CNN classifier trained and cached on
 first use; no Inception weights exist offline), so every distance is reported as e.g.
 "Frechet distance in <feature space> features", never as FID.
@@ -16,8 +20,8 @@ vs the train labels) and memorization (nearest-neighbour copy test in feature sp
 worst offenders as RUN/samples/worst_offenders_<step>.png). As a scale for the distances, the
 same distances between an equally large slice of the test set and the same train reference
 are reported under `reference_test_vs_train`. A metric the sample count is too small for is
-skipped with a note. Writes RUN/eval.json, prints a table and logs the scalars to RUN/tb under
-`sample_quality/`.
+skipped with a note. Prints a table per set and logs the scalars to RUN/tb under
+`sample_quality[_<tag>]/`.
 """
 from __future__ import annotations
 
@@ -31,6 +35,9 @@ import time
 import numpy as np
 from absl import app, flags
 
+from research import images as image_lib
+from research.evaluation import stats
+
 FLAGS = flags.FLAGS
 
 
@@ -41,45 +48,151 @@ def _define_flags():
                        'holds are drawn from the latest checkpoint (0 = as saved).')
   flags.DEFINE_integer('max_real', 10000,
                        'Train images in the reference set of the distribution metrics.')
+  flags.DEFINE_integer('draws', DEFAULT_DRAWS, 'Independent sample sets each metric is computed '
+                       'on (the saved set, then new draws from its checkpoint and sampler, '
+                       'cached): every metric is reported as mean ± standard error over them.')
+  flags.DEFINE_list('samples', ['all'], 'Sample sets to score, by tag (the file-name part after '
+                    'the step, e.g. ddim50-discrete): all = every set at the latest step, each '
+                    'scored on its own.')
 
 
 _CHUNK = 1000  # samples drawn per call when drawing more
+DEFAULT_DRAWS = 5  # independent sample sets per metric: mean ± standard error
 
 
-def _latest_samples(workdir: str):
-  paths = glob.glob(os.path.join(workdir, 'samples', 'samples_*.npz'))
-  steps = {}
-  for p in paths:
-    m = re.match(r'samples_(\d+)\.npz$', os.path.basename(p))
-    if m:
-      steps[int(m.group(1))] = p
-  if not steps:
-    return None, None
-  step = max(steps)
-  return step, steps[step]
+_SET = re.compile(r'samples_(\d+)(?:_(.+))?\.npz$')
 
 
-def draw_samples(config, workdir: str, num: int, key: str = 'images'):
-  """`num` samples from the run's latest checkpoint, drawn `_CHUNK` at a time; (step, samples)
-  where samples are the family's `key` output ('images', or 'points' for 2-D toy data)."""
+def sample_sets(workdir: str) -> dict[str, dict[int, str]]:
+  """The run's saved sample sets: tag ('' for an untagged family) -> {step: .npz path}. A tag
+  names the settings that drew the set (e.g. 'ddim50-discrete'; `Family.sample_settings`)."""
+  sets = {}
+  for p in glob.glob(os.path.join(workdir, 'samples', 'samples_*.npz')):
+    if m := _SET.match(os.path.basename(p)):
+      sets.setdefault(m.group(2) or '', {})[int(m.group(1))] = p
+  return sets
+
+
+def latest_tags(workdir: str) -> list[str]:
+  """Tags of the sample sets saved at the run's latest sampled step (sorted)."""
+  sets = sample_sets(workdir)
+  if not sets:
+    return []
+  last = max(max(steps) for steps in sets.values())
+  return sorted(t for t, steps in sets.items() if last in steps)
+
+
+def sample_info(npz_path: str) -> dict:
+  """The JSON written beside a sample file (what made it), or {} for older runs."""
+  path = os.path.splitext(npz_path)[0] + '.json'
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def _with_settings(config, settings: dict):
+  """`config` with the `config` overrides of a sample set's settings (the sampler that drew it)."""
+  config = config.copy_and_resolve_references()
+  for k, v in settings.get('config', {}).items():
+    if isinstance(v, dict):
+      config[k].update(v)
+    else:
+      config[k] = v
+  return config
+
+
+def _suffix(tag: str, draw: int = 0) -> str:
+  return (f'_{tag}' if tag else '') + (f'_draw{draw}' if draw else '')
+
+
+def draw_samples(config, workdir: str, num: int, key: str = 'images', draws=(0,),
+                 step: int = -1):
+  """Independent sets of `num` samples from the run's checkpoint at `step` (-1 = latest) with
+  `config`'s sample settings, `_CHUNK` at a time, one per index in `draws` (draw 0 uses the
+  run's sample key, draw d > 0 a key folded with d). Returns (step, [samples], settings); the
+  samples are the family's `key` output ('images', or 'points' for 2-D toy data), each set
+  saved as samples/eval_samples_<step>[_<tag>][_draw<d>].npz with its JSON."""
   import jax  # pylint: disable=g-import-not-at-top
   from research import parallel, trainer  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
   config.eval.num_samples = min(num, _CHUNK)
-  exp, state, _, sample_key = trainer.restore(config, workdir, -1)
+  exp, state, _, sample_key = trainer.restore(config, workdir, step)
   step = int(parallel.to_host(state.step))
-  out = []
-  for i in range(-(-num // config.eval.num_samples)):
-    s = parallel.to_host(exp.sample(state, jax.random.fold_in(sample_key, i)))
-    if key not in s:
-      raise ValueError(f'the {config.family!r} family draws no {key}')
-    out.append(np.asarray(s[key])[:config.eval.num_samples])
-  samples = np.concatenate(out)[:num]
-  from research import images as image_lib  # pylint: disable=g-import-not-at-top
-  if jax.process_index() == 0:
-    image_lib.save_npz(os.path.join(workdir, 'samples', f'eval_samples_{step:07d}.npz'),
-                       {key: samples})
-  return step, samples
+  settings = exp.family.sample_settings()
+  sets = []
+  for d in draws:
+    base = jax.random.fold_in(sample_key, d) if d else sample_key
+    out = []
+    for i in range(-(-num // config.eval.num_samples)):
+      s = parallel.to_host(exp.sample(state, jax.random.fold_in(base, i)))
+      if key not in s:
+        raise ValueError(f'the {config.family!r} family draws no {key}')
+      out.append(np.asarray(s[key])[:config.eval.num_samples])
+    sets.append(np.concatenate(out)[:num])
+    if jax.process_index() == 0:
+      path = os.path.join(workdir, 'samples',
+                          f"eval_samples_{step:07d}{_suffix(settings.get('tag', ''), d)}.npz")
+      image_lib.save_npz(path, {key: sets[-1]})
+      trainer.write_sample_info(path, settings, step=step, seed=config.seed, num_samples=num,
+                                draw=d, params='ema' if config.optimizer.ema_decay else 'raw')
+  return step, sets, settings
+
+
+def _cached(path: str, key: str, num: int):
+  """The first `num` samples of a saved set, or None if it is missing or holds fewer."""
+  if not os.path.exists(path):
+    return None
+  with np.load(path) as z:
+    x = np.asarray(z[key]) if key in z else None
+  return x[:num] if x is not None and len(x) >= num else None
+
+
+def load_samples(workdir: str, config, num_samples: int, key: str, tag: str | None = None,
+                 num_draws: int = 1):
+  """(step, [samples per draw], info) of the sample set `tag` (None: the only set at the
+  latest step) at its latest step. Draw 0 is the saved set, drawn from the checkpoint with the
+  set's settings when it holds fewer than `num_samples`; draws 1.. are new independent sets
+  of as many samples from the same checkpoint and settings (cached, so reruns reuse them).
+  `info` says what made them and where they are."""
+  sets = sample_sets(workdir)
+  if tag is None:
+    tags = latest_tags(workdir)
+    if len(tags) > 1:
+      raise ValueError(f'{len(tags)} sample sets at the latest step ({", ".join(tags)}): '
+                       'name one with --samples=TAG (or --samples=all)')
+    tag = tags[0] if tags else ''
+  if tag not in sets and tag:
+    raise FileNotFoundError(f'no sample set {tag!r} under {workdir}/samples; saved sets: '
+                            f'{", ".join(sorted(sets)) or "none"}')
+  first, info, step = None, {}, -1
+  if tag in sets:
+    step = max(sets[tag])
+    path = sets[tag][step]
+    info = dict(sample_info(path), file=path, tag=tag)
+    with np.load(path) as z:
+      first = np.asarray(z[key]) if key in z else None
+  if first is None or (num_samples and len(first) < num_samples):
+    if not num_samples:
+      raise FileNotFoundError(f'no samples/samples_*.npz with {key} under {workdir}: train '
+                              'or run --mode=sample first, or pass --num_samples')
+    step, (first,), settings = draw_samples(_with_settings(config, info), workdir, num_samples,
+                                            key, step=step)
+    info = dict(settings, file='drawn from the checkpoint', step=step)
+  n = num_samples or len(first)
+  out = [first[:n]]
+  missing = []
+  for d in range(1, num_draws):
+    path = os.path.join(workdir, 'samples', f'eval_samples_{step:07d}{_suffix(tag, d)}.npz')
+    out.append(_cached(path, key, n))
+    if out[-1] is None:
+      missing.append(d)
+  if missing:
+    _, drawn, _ = draw_samples(_with_settings(config, info), workdir, n, key, missing, step)
+    for d, x in zip(missing, drawn):
+      out[d] = x
+  info.setdefault('tag', tag)
+  return step, out, info
 
 
 def _try(notes: dict, name: str, fn):
@@ -90,34 +203,31 @@ def _try(notes: dict, name: str, fn):
     return None
 
 
-def evaluate_run(workdir: str, num_samples: int = 0, max_real: int = 10000) -> dict:
-  """Computes every metric for the run in `workdir`, writes eval.json and TensorBoard scalars."""
+def result_path(workdir: str, tag: str) -> str:
+  """eval.json for an untagged sample set, eval_<tag>.json for a tagged one."""
+  return os.path.join(workdir, f'eval_{tag}.json' if tag else 'eval.json')
+
+
+def evaluate_run(workdir: str, num_samples: int = 0, max_real: int = 10000,
+                 tag: str | None = None, num_draws: int = DEFAULT_DRAWS) -> dict:
+  """Computes every metric for one sample set of the run in `workdir` (`tag`, see
+  `load_samples`) on `num_draws` independent draws of it: `metrics` holds each metric's mean
+  over the draws and its standard error (`<name>_se`), `draws` the per-draw values. Writes
+  eval.json (eval_<tag>.json) and TensorBoard scalars."""
   from research.data import datasets, pipeline  # pylint: disable=g-import-not-at-top
   from research.evaluation import class_coverage, features, memorization  # pylint: disable=g-import-not-at-top
   from research.evaluation import sample_quality as sq  # pylint: disable=g-import-not-at-top
+  if num_draws < 1:
+    raise ValueError(f'--draws={num_draws}: need at least 1 draw (3 or more for an error bar)')
   start = time.perf_counter()
   with open(os.path.join(workdir, 'config.json')) as f:
     config = features.config_from_json(json.load(f))
   if datasets.is_toy(config.data.name):
-    return evaluate_toy_run(workdir, config, num_samples)
+    return evaluate_toy_run(workdir, config, num_samples, tag, num_draws)
   if config.data.name not in datasets.DATASETS:
     raise ValueError(f'config.data.name={config.data.name!r} is not an image dataset')
 
-  step, path = _latest_samples(workdir)
-  images = None
-  if path is not None:
-    with np.load(path) as z:
-      images = np.asarray(z['images']) if 'images' in z else None
-  if images is None or (num_samples and len(images) < num_samples):
-    if not num_samples:
-      raise FileNotFoundError(f'no samples/samples_*.npz with images under {workdir}: train '
-                              'or run --mode=sample first, or pass --num_samples')
-    step, images = draw_samples(config, workdir, num_samples)
-  if num_samples:
-    images = images[:num_samples]
-  fake_images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
-  m = len(fake_images)
-
+  step, draws, made_by = load_samples(workdir, config, num_samples, 'images', tag, num_draws)
   feature_fn, probs_fn, info = features.load_feature_fn(config.data.name, config.data)
   space = info['feature_space']
 
@@ -130,10 +240,9 @@ def evaluate_run(workdir: str, num_samples: int = 0, max_real: int = 10000) -> d
   test_x, _ = split(config.data.eval_split)
   train_f = feature_fn(train_x)
   test_f = feature_fn(test_x)
-  fake_f, fake_p = feature_fn(fake_images), probs_fn(fake_images)
   real_f = train_f[:max_real]
-
-  notes, metrics = {}, {}
+  m = len(draws[0])
+  notes = {}
 
   def distances(fake, prefix=''):
     out = {}
@@ -143,7 +252,7 @@ def evaluate_run(workdir: str, num_samples: int = 0, max_real: int = 10000) -> d
     kd = _try(notes, prefix + 'kernel_distance',
               lambda: sq.kernel_distance(real_f, fake, subset_size=min(1000, len(fake))))
     if kd is not None:
-      out['kernel_distance'], out['kernel_distance_std_err'] = kd['mean'], kd['std_err']
+      out['kernel_distance'] = kd['mean']
     pr = _try(notes, prefix + 'precision_recall', lambda: sq.precision_recall(real_f, fake))
     if pr is not None:
       out.update(pr)
@@ -152,37 +261,50 @@ def evaluate_run(workdir: str, num_samples: int = 0, max_real: int = 10000) -> d
       out.update(dc)
     return out
 
-  metrics.update(distances(fake_f))
-  cs = _try(notes, 'classifier_score',
-            lambda: sq.classifier_score(fake_p, num_splits=max(1, min(10, m))))
-  if cs is not None:
-    metrics['classifier_score'], metrics['classifier_score_std'] = cs['mean'], cs['std']
-  cov = class_coverage.label_histogram_stats(np.argmax(fake_p, -1), train_y,
-                                             num_classes=info['num_classes'])
-  metrics['class_kl'] = cov['kl']
-  metrics['class_total_variation'] = cov['total_variation']
-  metrics['classes_missing'] = cov['classes_missing']
+  def draw_metrics(images):
+    fake_images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+    fake_f, fake_p = feature_fn(fake_images), probs_fn(fake_images)
+    out = distances(fake_f)
+    cs = _try(notes, 'classifier_score',
+              lambda: sq.classifier_score(fake_p, num_splits=max(1, min(10, m))))
+    if cs is not None:
+      out['classifier_score'] = cs['mean']
+    cov = class_coverage.label_histogram_stats(np.argmax(fake_p, -1), train_y,
+                                               num_classes=info['num_classes'])
+    out |= {'class_kl': cov['kl'], 'class_total_variation': cov['total_variation'],
+            'classes_missing': cov['classes_missing']}
+    mem = _try(notes, 'memorization',
+               lambda: memorization.memorization_report(fake_f, train_f, test_f))
+    if mem is not None:
+      out |= {'copy_fraction': mem['copy_fraction'], 'memorization_median_d1': mem['median_d1'],
+              'memorization_median_dt': mem['median_dt']}
+    return out, cov, mem, fake_images
 
-  mem = _try(notes, 'memorization',
-             lambda: memorization.memorization_report(fake_f, train_f, test_f))
+  per_draw, first = [], None
+  for images in draws:
+    out, cov, mem, fake_images = draw_metrics(images)
+    per_draw.append(out)
+    first = first or (cov, mem, fake_images)
+  cov, mem, fake_images = first
   png = None
-  if mem is not None:
-    metrics['copy_fraction'] = mem['copy_fraction']
-    metrics['memorization_median_d1'] = mem['median_d1']
-    metrics['memorization_median_dt'] = mem['median_dt']
-    png = os.path.join(workdir, 'samples', f'worst_offenders_{step:07d}.png')
+  if mem is not None:   # the first draw's worst offenders
+    png = os.path.join(workdir, 'samples',
+                       f'worst_offenders_{step:07d}{_suffix(made_by["tag"])}.png')
     memorization.save_worst_offenders_png(png, fake_images, train_x, mem)
-
+  metrics = stats.over_draws(per_draw)
   reference = distances(test_f[:m], 'reference_test_vs_train/')
 
   result = {
       'step': step,
+      'samples': made_by,
       'num_samples': m,
+      'num_draws': len(draws),
       'num_real': len(real_f),
       'feature_space': space,
       'feature_net_test_accuracy': info['test_accuracy'],
       'feature_net': info,
       'metrics': metrics,
+      'draws': per_draw,
       'metric_names': {k: f'{k} in {space} features' for k in metrics},
       'reference_test_vs_train': reference,
       'class_histograms': {'fake': cov['fake_histogram'], 'data': cov['data_histogram']},
@@ -193,80 +315,103 @@ def evaluate_run(workdir: str, num_samples: int = 0, max_real: int = 10000) -> d
       'notes': notes,
       'wall_time_s': time.perf_counter() - start,
   }
-  with open(os.path.join(workdir, 'eval.json'), 'w') as f:
-    json.dump(result, f, indent=2, sort_keys=True)
-
-  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-  tb = SummaryWriter(os.path.join(workdir, 'tb'))
-  for k, v in metrics.items():
-    tb.add_scalar(f'sample_quality/{k}', float(v), step)
-  for k, v in reference.items():
-    tb.add_scalar(f'sample_quality_reference/{k}', float(v), step)
-  tb.add_text('sample_quality/feature_space',
-              f"{space}; test accuracy {info['test_accuracy']}", step)
-  tb.close()
+  _write_result(workdir, result)
   return result
 
 
-def _load_samples(workdir: str, config, num_samples: int, key: str):
-  step, path = _latest_samples(workdir)
-  samples = None
-  if path is not None:
-    with np.load(path) as z:
-      samples = np.asarray(z[key]) if key in z else None
-  if samples is None or (num_samples and len(samples) < num_samples):
-    if not num_samples:
-      raise FileNotFoundError(f'no samples/samples_*.npz with {key} under {workdir}: train '
-                              'or run --mode=sample first, or pass --num_samples')
-    step, samples = draw_samples(config, workdir, num_samples, key)
-  return step, samples[:num_samples] if num_samples else samples
+def _write_result(workdir: str, result: dict) -> None:
+  """eval.json (eval_<tag>.json) and the metrics as TensorBoard scalars."""
+  tag, step = result['samples']['tag'], result['step']
+  with open(result_path(workdir, tag), 'w') as f:
+    json.dump(result, f, indent=2, sort_keys=True)
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  tb = SummaryWriter(os.path.join(workdir, 'tb'))
+  group = f'sample_quality_{tag}' if tag else 'sample_quality'
+  for k, v in result['metrics'].items():
+    tb.add_scalar(f'{group}/{k}', float(v), step)
+  for k, v in result['reference_test_vs_train'].items():
+    tb.add_scalar(f'sample_quality_reference/{k}', float(v), step)
+  tb.add_text(f'{group}/feature_space', f"{result['feature_space']}; test accuracy "
+              f"{result['feature_net_test_accuracy']}", step)
+  tb.close()
 
 
-def evaluate_toy_run(workdir: str, config, num_samples: int = 0) -> dict:
+def toy_metrics(points, dataset: str, test) -> dict:
+  """One draw of 2-D points: mode coverage by the PacGAN protocol on the first 2,500 (mixtures
+  only; with the mode `histogram`) and the Frechet distance of the coordinates to `test`."""
+  from research.data import toy  # pylint: disable=g-import-not-at-top
+  from research.evaluation import toy_mixtures  # pylint: disable=g-import-not-at-top
+  from research.evaluation import sample_quality as sq  # pylint: disable=g-import-not-at-top
+  out = {}
+  if (modes := toy.modes(dataset)) is not None:
+    cov = toy_mixtures.mode_coverage(points[:toy_mixtures.PACGAN_NUM_SAMPLES], modes,
+                                     toy.mode_std(dataset))
+    out = {k: float(cov[k]) for k in ('modes_captured', 'high_quality_fraction', 'reverse_kl')}
+    out['histogram'] = cov['histogram']
+  out['frechet_distance_2d'] = sq.frechet_distance(test, points)
+  return out
+
+
+def evaluate_toy_run(workdir: str, config, num_samples: int = 0, tag: str | None = None,
+                     num_draws: int = DEFAULT_DRAWS) -> dict:
   """2-D toy data: mode coverage by the PacGAN protocol for the mixtures (on the first 2,500
   samples), and Frechet distance and precision / recall on the raw coordinates against the
-  test split for every toy set."""
+  test split for every toy set; mean and standard error over `num_draws` draws."""
   from research.data import pipeline, toy  # pylint: disable=g-import-not-at-top
   from research.evaluation import toy_mixtures  # pylint: disable=g-import-not-at-top
   from research.evaluation import sample_quality as sq  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
-  step, points = _load_samples(workdir, config, num_samples, 'points')
+  step, draws, made_by = load_samples(workdir, config, num_samples, 'points', tag, num_draws)
   read = pipeline.reader(config.data, config.data.eval_split)
   test = np.asarray(read.rows(np.arange(read.num_examples))[0], np.float64)
-  notes, metrics = {}, {}
-  if toy.modes(config.data.name) is not None:
-    n = min(len(points), toy_mixtures.PACGAN_NUM_SAMPLES)
-    if n < toy_mixtures.PACGAN_NUM_SAMPLES:
-      notes['mode_coverage'] = f'on {n} samples, fewer than the protocol\'s 2,500'
-    cov = toy_mixtures.mode_coverage(points[:n], toy.modes(config.data.name),
-                                     toy.mode_std(config.data.name))
-    metrics.update({k: float(cov[k]) for k in ('modes_captured', 'high_quality_fraction',
-                                                'reverse_kl')})
-    notes['mode_histogram'] = str(cov['histogram'])
-    metrics['num_modes'] = float(len(toy.modes(config.data.name)))
-  metrics['frechet_distance_2d'] = sq.frechet_distance(test, points)
-  pr = _try(notes, 'precision_recall', lambda: sq.precision_recall(test[:len(points)], points))
-  if pr is not None:
-    metrics.update(pr)
-  result = {'step': step, 'num_samples': len(points), 'num_real': len(test),
+  notes, per_draw, histograms = {}, [], []
+  modes = toy.modes(config.data.name)
+  for points in draws:
+    if modes is not None and len(points) < toy_mixtures.PACGAN_NUM_SAMPLES:
+      notes['mode_coverage'] = f'on {len(points)} samples, fewer than the protocol\'s 2,500'
+    out = toy_metrics(points, config.data.name, test)
+    histograms += [out.pop('histogram')] if 'histogram' in out else []
+    pr = _try(notes, 'precision_recall', lambda: sq.precision_recall(test[:len(points)], points))
+    per_draw.append(out | (pr or {}))
+  metrics = stats.over_draws(per_draw)
+  if modes is not None:
+    metrics['num_modes'] = float(len(modes))
+    notes['mode_histogram'] = str(histograms[0]) + (' (first draw)' if len(draws) > 1 else '')
+  result = {'step': step, 'samples': made_by, 'num_samples': len(draws[0]),
+            'num_draws': len(draws), 'num_real': len(test),
             'feature_space': 'raw 2-D coordinates', 'feature_net_test_accuracy': float('nan'),
-            'metrics': metrics, 'reference_test_vs_train': {}, 'notes': notes,
+            'metrics': metrics, 'draws': per_draw, 'reference_test_vs_train': {},
+            'mode_histograms': histograms, 'notes': notes,
             'wall_time_s': time.perf_counter() - start}
-  with open(os.path.join(workdir, 'eval.json'), 'w') as f:
-    json.dump(result, f, indent=2, sort_keys=True)
+  _write_result(workdir, result)
   return result
+
+
+def _made_by(info: dict) -> str:
+  """'samples/x.npz (sampler ddim, steps 50, grid discrete, ...; ema params)' for a table."""
+  settings = info.get('sampler') or info.get('sample') or {}
+  what = ', '.join(f'{k} {v}' for k, v in settings.items())
+  params = f"{info['params']} params" if 'params' in info else ''
+  detail = '; '.join(x for x in (what, params) if x)
+  return f"{info.get('file')}" + (f' ({detail})' if detail else '')
 
 
 def format_table(result: dict) -> str:
   ref = result['reference_test_vs_train']
-  lines = [f"feature space: {result['feature_space']} "
+  lines = [f"samples: {_made_by(result.get('samples', {}))}",
+           f"feature space: {result['feature_space']} "
            f"(test accuracy {result['feature_net_test_accuracy']:.4f})",
-           f"step {result['step']}: {result['num_samples']} samples vs {result['num_real']} "
-           'train images',
-           f"{'metric':32s} {'samples':>12s} {'test (ref)':>12s}"]
-  for k, v in result['metrics'].items():
+           f"step {result['step']}: {result.get('num_draws', 1)} draws of "
+           f"{result['num_samples']} samples vs {result['num_real']} real points; mean ± s.e. "
+           'over the draws',
+           f"{'metric':32s} {'samples':>22s} {'test (ref)':>12s}"]
+  metrics = result['metrics']
+  for k, v in metrics.items():
+    if k.endswith('_se') or k == 'num_draws':
+      continue
     r = ref.get(k)
-    lines.append(f'{k:32s} {v:12.5g} ' + (f'{r:12.5g}' if r is not None else f"{'':>12s}"))
+    value = stats.format_mean_se(v, metrics.get(f'{k}_se', float('nan')), 5)
+    lines.append(f'{k:32s} {value:>22s} ' + (f'{r:12.5g}' if r is not None else ''))
   for k, v in result['notes'].items():
     lines.append(f'note: {k}: {v}')
   return '\n'.join(lines)
@@ -279,13 +424,17 @@ def main(argv):
     raise app.UsageError('--workdir is required')
   from research import metric_writers  # pylint: disable=g-import-not-at-top
   metric_writers.console_logging()
+  tags = FLAGS.samples
+  if tags == ['all']:
+    tags = latest_tags(FLAGS.workdir) or [None]
   try:
-    result = evaluate_run(FLAGS.workdir, FLAGS.num_samples, FLAGS.max_real)
+    for tag in tags:
+      result = evaluate_run(FLAGS.workdir, FLAGS.num_samples, FLAGS.max_real, tag, FLAGS.draws)
+      print(format_table(result))
+      print(f"wrote {result_path(FLAGS.workdir, result['samples']['tag'])}")
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  print(format_table(result))
-  print(f"wrote {os.path.join(FLAGS.workdir, 'eval.json')}")
 
 
 if __name__ == '__main__':

@@ -87,6 +87,14 @@ class Family(abc.ABC):
     name -> [N, H, W, C] in [0, 1], one PNG each."""
     return {}
 
+  def sample_settings(self) -> dict:
+    """What makes `sample`'s output besides the parameters and key (a sampler and its steps,
+    a temperature), recorded in the JSON beside each sample file. A non-empty 'tag' (a short
+    name of the settings) goes into the file names, so samples that other settings drew from
+    the same checkpoint are never overwritten, and `research.evaluate` scores each set apart.
+    A 'config' entry holds `config.<section>` overrides that redraw the same kind of sample."""
+    return {}
+
   def eval_params(self, state: PyTree) -> PyTree:
     """The parameter tree eval and sampling use (the EMA copy where the family keeps one).
     Step functions get the whole state and call this themselves."""

@@ -86,35 +86,37 @@ class MetricWriter:
       logging.info(' | '.join(parts))
     return rates
 
-  def write_images(self, step: int, grids: dict) -> None:
-    """name -> [N, H, W, C] in [0, 1]: samples/<name>_<step>.png and a TensorBoard image."""
+  def write_images(self, step: int, grids: dict, suffix: str = '') -> None:
+    """name -> [N, H, W, C] in [0, 1]: samples/<name>_<step><suffix>.png and a TensorBoard
+    image (`suffix` tells apart samples that other settings made, e.g. '_ddim50-discrete')."""
     if not self.is_main:
       return
     for name, imgs in grids.items():
       imgs = np.asarray(imgs)
       scale = max(1, 64 // imgs.shape[1])
       ncol = 8 if len(imgs) % 8 == 0 else None  # keeps pairs / interpolation rows on one row
-      image_lib.save_png(os.path.join(self.workdir, 'samples', f'{name}_{step:07d}.png'), imgs,
-                         ncol=ncol, scale=scale)
-      self._tb.add_image(f'{name}', image_lib.make_grid(imgs, ncol), step, dataformats='HWC')
+      image_lib.save_png(os.path.join(self.workdir, 'samples', f'{name}_{step:07d}{suffix}.png'),
+                         imgs, ncol=ncol, scale=scale)
+      self._tb.add_image(f'{name}{suffix}', image_lib.make_grid(imgs, ncol), step,
+                         dataformats='HWC')
 
-  def write_arrays(self, step: int, name: str, arrays: dict) -> str | None:
+  def write_arrays(self, step: int, name: str, arrays: dict, suffix: str = '') -> str | None:
     if not self.is_main:
       return None
-    path = os.path.join(self.workdir, 'samples', f'{name}_{step:07d}.npz')
+    path = os.path.join(self.workdir, 'samples', f'{name}_{step:07d}{suffix}.npz')
     image_lib.save_npz(path, arrays)
     return path
 
-  def write_text(self, step: int, name: str, texts: list[str]) -> str | None:
-    """samples/<name>_<step>.txt (one sample per block) and a TensorBoard text summary."""
+  def write_text(self, step: int, name: str, texts: list[str], suffix: str = '') -> str | None:
+    """samples/<name>_<step><suffix>.txt (one sample per block) and a TensorBoard text summary."""
     if not self.is_main:
       return None
-    path = os.path.join(self.workdir, 'samples', f'{name}_{step:07d}.txt')
+    path = os.path.join(self.workdir, 'samples', f'{name}_{step:07d}{suffix}.txt')
     os.makedirs(os.path.dirname(path), exist_ok=True)
     body = '\n\n'.join(f'--- sample {i} ---\n{t}' for i, t in enumerate(texts))
     with open(path, 'w') as f:
       f.write(body + '\n')
-    self._tb.add_text(name, body, step)
+    self._tb.add_text(f'{name}{suffix}', body, step)
     return path
 
   def write_json(self, name: str, obj: dict) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
 import re
 import shlex
@@ -26,10 +25,12 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from research.evaluation.stats import mean_se  # noqa: F401  (research.seeds.mean_se)
 
 FLAGS = flags.FLAGS
 
@@ -58,20 +59,6 @@ _ERROR_LINE = re.compile(r'^((config |flag )?error: |[\w.]*(Error|Exception|Inte
 
 # ---------------------------------------------------------------------------------------------
 # Statistics and tables
-
-
-def mean_se(values: Iterable[float]) -> tuple[float, float, int]:
-  """(mean, standard error, n) of the finite values; se = sample std (ddof=1) / sqrt(n), nan for
-  n = 1; (nan, nan, 0) for none."""
-  finite = [float(v) for v in values if math.isfinite(v)]
-  n = len(finite)
-  if not n:
-    return math.nan, math.nan, 0
-  mean = sum(finite) / n
-  if n == 1:
-    return mean, math.nan, 1
-  var = sum((v - mean) ** 2 for v in finite) / (n - 1)
-  return mean, math.sqrt(var / n), n
 
 
 def seed_dir(workdir: str, seed: int) -> str:

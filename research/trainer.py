@@ -19,8 +19,9 @@ import numpy as np
 from absl import logging
 
 from research import checkpoint as ckpt_lib
-from research import configs, curriculum, optim, parallel, sharding
-from research.data import pipeline
+from research import configs, curriculum, optim, parallel, sharding, train_state
+from research import images as image_lib
+from research.data import pipeline, toy
 from research.metric_writers import MetricWriter
 
 
@@ -113,8 +114,41 @@ def init_state(exp: Experiment, data_iter):
   return exp.init(init_key, parallel.host_batch_to_global(batch, exp.mesh))
 
 
+# Eval metrics where lower is better and an EMA should not be far behind the raw parameters.
+_EMA_CHECKED = ('loss', 'bpd', 'nll', 'neg_elbo')
+STALE_EMA_RATIO = 1.25
+
+
+def stale_ema_warning(metrics: dict, step: int, decay: float) -> str | None:
+  """One line when an EMA metric (of `_EMA_CHECKED`) is over STALE_EMA_RATIO x its raw-params
+  value `raw_<name>`, e.g. a 0.999 EMA after a few hundred steps without the warm-up."""
+  for k, ema in metrics.items():
+    raw = metrics.get(f'raw_{k}')
+    if raw is None or not any(w in k for w in _EMA_CHECKED) or not raw > 0:
+      continue
+    if ema > STALE_EMA_RATIO * raw:
+      return (f'eval at step {step}: EMA {k} {ema:.4g} is {ema / raw:.1f}x the raw parameters\' '
+              f'{raw:.4g}: the EMA (optimizer.ema_decay={decay:g}) lags the model; train longer, '
+              'lower optimizer.ema_decay or set optimizer.ema_warmup=True')
+  return None
+
+
 def evaluate(exp: Experiment, state, key) -> dict:
-  """Per-example eval metrics averaged over the whole eval split (padding dropped)."""
+  """Per-example eval metrics averaged over the whole eval split (padding dropped), then the
+  family's host-side eval. With an EMA (and `eval.compare_raw`) the per-example metrics are
+  also computed on the raw parameters (`raw_*`), with a warning when the EMA is far worse."""
+  metrics = _split_means(exp, state, key)
+  if exp.config.eval.compare_raw and train_state.has_ema(state):
+    raw = _split_means(exp, train_state.raw_params_view(state), key)
+    metrics |= {f'raw_{k}': v for k, v in raw.items() if k != 'num_examples'}
+    step = int(parallel.to_host(state.step))
+    if warning := stale_ema_warning(metrics, step, exp.config.optimizer.ema_decay):
+      logging.warning(warning)
+  return metrics | exp.family.host_eval(state, _eval_batches(exp.config), key)
+
+
+def _split_means(exp: Experiment, state, key) -> dict:
+  """`eval_step`'s per-example metrics averaged over the eval split, and `finalize_eval`'s."""
   sums, count = {}, 0.0
   for i, batch in enumerate(_eval_batches(exp.config)):
     out, mask = exp.eval_step(state, parallel.host_batch_to_global(batch, exp.mesh),
@@ -125,26 +159,55 @@ def evaluate(exp: Experiment, state, key) -> dict:
       sums[k] = sums.get(k, 0.0) + float(np.sum(np.asarray(v, np.float64) * mask))
     count += float(mask.sum())
   metrics = {k: v / count for k, v in sums.items()} | {'num_examples': int(count)}
-  metrics |= exp.family.finalize_eval(metrics)
-  return metrics | exp.family.host_eval(state, _eval_batches(exp.config), key)
+  return metrics | exp.family.finalize_eval(metrics)
 
 
 def write_samples(exp: Experiment, state, key, writer: MetricWriter, step: int) -> dict:
-  """Sample grids (PNG), raw samples (.npz) and the family's visualizations of a data batch."""
+  """Sample grids (PNG), raw samples (.npz, with a JSON of what made them) and the family's
+  visualizations of a data batch. Samples of other sampler settings get other file names."""
   out = {}
   if exp.config.eval.num_samples:
     samples = parallel.to_host(exp.sample(state, key))
     samples = {k: v[:exp.config.eval.num_samples] for k, v in samples.items()}
+    settings = exp.family.sample_settings()
+    suffix = f"_{settings['tag']}" if settings.get('tag') else ''
     if 'images' in samples:
-      writer.write_images(step, {'samples': samples['images']})
+      writer.write_images(step, {'samples': samples['images']}, suffix)
     if texts := exp.family.sample_text(samples):
-      out['text'] = writer.write_text(step, 'samples', texts)
-    out['npz'] = writer.write_arrays(step, 'samples', samples)
+      out['text'] = writer.write_text(step, 'samples', texts, suffix)
+    out['npz'] = writer.write_arrays(step, 'samples', samples, suffix)
+    if 'points' in samples:   # 2-D toy data: generated against real points, modes marked
+      real = next(iter(_eval_batches(exp.config)))['x']
+      writer.write_images(step, {'scatter': toy_scatter(exp.config.data.name, real,
+                                                        samples['points'])}, suffix)
+    if out['npz']:
+      write_sample_info(out['npz'], settings, step=step, seed=exp.config.seed,
+                        num_samples=len(next(iter(samples.values()))),
+                        params='ema' if train_state.has_ema(state) else 'raw')
   batch = next(iter(_eval_batches(exp.config)))
   grids = parallel.to_host(exp.visualize(
       state, parallel.host_batch_to_global(batch, exp.mesh), jax.random.fold_in(key, 1)))
   writer.write_images(step, grids)
   return out
+
+
+def toy_scatter(dataset: str, real, fake) -> np.ndarray:
+  """[1, H, W, 3] floats: a scatter PNG of generated vs real 2-D points, each mixture mode's
+  high-quality disc (3 std, the PacGAN protocol) outlined."""
+  std = toy.mode_std(dataset)
+  img, outside = image_lib.scatter(real, fake, toy.modes(dataset), 3 * std if std else None)
+  if outside:
+    logging.info('scatter: %d of %d generated points lie outside the view', outside, len(fake))
+  return img[None].astype(np.float32) / 255.0
+
+
+def write_sample_info(npz_path: str, settings: dict, **info) -> str:
+  """The JSON beside a sample file (same name, .json): the family's sample settings (sampler,
+  steps, grid, guidance, clipping, ...), the checkpoint step, the seed and which parameters."""
+  path = os.path.splitext(npz_path)[0] + '.json'
+  with open(path, 'w') as f:
+    json.dump(dict(info, **settings), f, indent=2, sort_keys=True, default=str)
+  return path
 
 
 @jax.jit
@@ -230,7 +293,7 @@ def _transfer(exp: Experiment, state):
   # Optimizer state and EMA restart from the transferred parameters (built under jit so the new
   # state is replicated on every host's devices).
   def fresh(params, model_state):
-    return type(state).create(params, state.tx, model_state, state.ema_decay)
+    return type(state).create(params, state.tx, model_state, state.ema_decay, state.ema_warmup)
   return jax.jit(fresh, out_shardings=sharding.layout(state))(params, state.model_state)
 
 

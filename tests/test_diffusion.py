@@ -236,8 +236,15 @@ def test_each_process_trains_evaluates_and_samples(tmp_path, process, extra, sam
     assert 0 < final['bpd'] < 16, final          # bits/dim of 8-bit data: finite, sane
     parts = final['bpd_prior'] + final['bpd_diffusion'] + final['bpd_recon']
     assert abs(parts - final['bpd']) < 1e-3 * final['bpd'], final
-  with np.load(tmp_path / 'samples' / 'samples_0000004.npz') as z:
+  grid = {'ddpm': 'discrete', 'dpmpp_2m': 'logsnr_uniform', 'ddim': 'time_uniform',
+          'heun': 'karras'}[sampler]
+  path = tmp_path / 'samples' / f'samples_0000004_{sampler}5-{grid}'   # the auto grid, named
+  with np.load(f'{path}.npz') as z:
     images = z['images']
+  with open(f'{path}.json') as f:
+    made_by = json.load(f)
+  assert made_by['sampler']['name'] == sampler and made_by['sampler']['grid'] == grid
+  assert made_by['step'] == 4 and made_by['params'] == 'ema'
   assert images.shape == (4, 8, 8, 1) and np.isfinite(images).all()
   assert images.min() >= 0 and images.max() <= 1
 
@@ -294,6 +301,51 @@ def test_toy_run_is_evaluated_by_mode_coverage(tmp_path):
   assert 'mode_coverage' in result['notes']          # fewer than the protocol's 2,500
 
 
+def test_evaluate_standard_error_shrinks_as_draws_grow(tmp_path):
+  """The 2-D Frechet distance over independent draws of 64 points (a 4-step model: its mode
+  coverage and precision are 0 in every draw): the s.e. over 16 draws is below that over 4
+  (expected ratio 1/2)."""
+  from research import evaluate
+  config = tiny('ddpm', toy=True)
+  config.eval.num_samples = 64
+  trainer.train(config, str(tmp_path))
+  few = evaluate.evaluate_run(str(tmp_path), num_draws=4)
+  many = evaluate.evaluate_run(str(tmp_path), num_draws=16)
+  assert few['num_draws'] == 4 and many['num_draws'] == 16
+  assert many['draws'][:4] == few['draws']                 # the same first draws, cached
+  se_few, se_many = (r['metrics']['frechet_distance_2d_se'] for r in (few, many))
+  assert 0 < se_many < se_few, (se_many, se_few)
+  with pytest.raises(ValueError, match='draws'):
+    evaluate.evaluate_run(str(tmp_path), num_draws=0)
+
+
+def test_two_samplers_on_one_checkpoint_coexist_and_are_scored_apart(tmp_path):
+  """--mode=sample with another sampler adds a set beside the run's own (never overwrites it);
+  research.evaluate scores each set on its own and says which sampler made it."""
+  from research import evaluate
+  config = tiny('ddpm', toy=True)
+  config.eval.num_samples = 64
+  final = trainer.train(config, str(tmp_path))['eval']
+  assert 'raw_loss' in final and final['raw_loss'] != final['loss']   # EMA and raw params
+  other = config.copy_and_resolve_references()
+  other.sampler.name, other.sampler.steps = 'dpmpp_2m', 3
+  trainer.sample_checkpoint(other, str(tmp_path))
+  assert evaluate.latest_tags(str(tmp_path)) == ['ddpm5-discrete', 'dpmpp_2m3-logsnr_uniform']
+  with pytest.raises(ValueError, match='--samples'):     # ambiguous: which set?
+    evaluate.evaluate_run(str(tmp_path))
+  results = {t: evaluate.evaluate_run(str(tmp_path), tag=t)
+             for t in evaluate.latest_tags(str(tmp_path))}
+  for tag, name in (('ddpm5-discrete', 'ddpm'), ('dpmpp_2m3-logsnr_uniform', 'dpmpp_2m')):
+    with open(tmp_path / f'eval_{tag}.json') as f:
+      saved = json.load(f)
+    assert saved['samples']['tag'] == tag and saved['samples']['sampler']['name'] == name
+    assert saved['samples']['file'].endswith(f'samples_0000004_{tag}.npz')
+    assert results[tag]['num_samples'] == 64
+    assert (tmp_path / 'samples' / f'scatter_0000004_{tag}.png').exists()   # 2-D: a picture
+  a, b = (results[t]['metrics']['frechet_distance_2d'] for t in sorted(results))
+  assert a != b                                           # two different sample sets scored
+
+
 def test_sampler_table_merge(tmp_path):
   from research.diffusion import sampler_table
   base = {'step': 7, 'num_samples': 10, 'num_real': 20, 'feature_space': 'f',
@@ -319,3 +371,69 @@ def test_sampler_table_specs():
   for bad in ('ddim', 'ddim:x', 'ddim:0', 'a:1:b:c'):
     with pytest.raises(ValueError, match='name:steps'):
       sampler_table.parse_spec(bad)
+
+
+def test_auto_grid_is_each_samplers_own():
+  """grid='auto': DPM-Solver++ steps uniformly in log-SNR, Heun/Euler on Karras' grid, DDPM and
+  DDIM on the training levels (DDIM's uniform spacing); explicit grids are kept."""
+  from research.diffusion import family
+  config = tiny('ddpm', toy=True)
+  diff = family.Diffusion(config)
+  want = {'ddpm': 'discrete', 'ddim': 'discrete', 'dpmpp_2m': 'logsnr_uniform',
+          'heun': 'karras', 'euler': 'karras'}
+  for name, grid in want.items():
+    s = config.sampler.copy_and_resolve_references()
+    s.name, s.steps = name, 20
+    assert diff.grid(s) == grid, name
+    sig = np.asarray(diff.sigmas(None, s))
+    if grid == 'logsnr_uniform':   # equal log-SNR steps down to the least noisy level
+      np.testing.assert_allclose(np.diff(np.log(sig[:-1])), np.log(sig[1] / sig[0]), rtol=1e-4)
+  s.name, s.grid = 'dpmpp_2m', 'discrete'
+  assert diff.grid(s) == 'discrete'
+  config.sampler.name, config.sampler.steps = 'dpmpp_2m', 2000   # not bound to T levels
+  configs.validate(config, 1)
+
+
+def test_sampler_table_on_2d_data_with_draws_and_bootstrap(tmp_path):
+  """The sampler table on a toy run: mode coverage per sampler, mean ± s.e. over draws, or a
+  bootstrap s.e. from one draw; rows name the resolved grid."""
+  from research.diffusion import sampler_table
+  config = tiny('ddpm', toy=True)
+  trainer.train(config, str(tmp_path))
+  specs = [sampler_table.parse_spec(s) for s in ('ddim:5', 'dpmpp_2m:5')]
+  out = sampler_table.sampler_table(str(tmp_path), specs, num_samples=32, draws=3)
+  assert [r['grid'] for r in out['rows']] == ['discrete', 'logsnr_uniform']
+  for r in out['rows']:
+    assert r['num_draws'] == 3 and r['se_method'] == 'draws'
+    assert r['frechet_distance_2d_se'] > 0 and 0 <= r['modes_captured'] <= 8
+  assert 'mean ± s.e. over 3 draws' in sampler_table.format_table(out)
+  boot = sampler_table.sampler_table(str(tmp_path), specs[:1], num_samples=32, draws=1,
+                                     bootstrap=5, output=str(tmp_path / 'b.json'))
+  row = boot['rows'][0]
+  assert row['num_draws'] == 1 and row['num_bootstrap'] == 5 and row['frechet_distance_2d_se'] > 0
+  assert '| ddim 5 (discrete) | 5 |' in sampler_table.format_row(row) and ' ± ' in \
+      sampler_table.format_row(row)
+
+
+def test_sampler_table_average_over_seeds(tmp_path):
+  from research.diffusion import sampler_table
+  paths = []
+  for seed, (fd, hq) in enumerate([(1.0, 0.5), (2.0, 0.7), (3.0, 0.9)]):
+    rows = [{'name': 'ddpm', 'steps': 10, 'grid': 'discrete', 'nfe': 10, 'seconds': 1.0,
+             'frechet_distance_2d': fd, 'frechet_distance_2d_se': 9.0, 'high_quality_fraction': hq,
+             'modes_captured': 8.0, 'reverse_kl': 0.1}]
+    paths.append(str(tmp_path / f'{seed}.json'))
+    with open(paths[-1], 'w') as f:
+      json.dump({'step': 100, 'num_samples': 5, 'num_real': 9, 'feature_space': 'raw',
+                 'test_accuracy': 0, 'toy': True, 'draws': 3, 'rows': rows,
+                 'reference_test_vs_train': {}}, f)
+  out = sampler_table.average(paths)
+  row = out['rows'][0]
+  assert row['num_runs'] == 3 and row['frechet_distance_2d'] == pytest.approx(2.0)
+  assert row['frechet_distance_2d_se'] == pytest.approx(1 / np.sqrt(3))   # over seeds, not 9
+  assert row['modes_captured_se'] == 0 and row['nfe'] == 10
+  assert 'over 3 seeds' in sampler_table.format_table(out)
+  with open(paths[2], 'w') as f:
+    json.dump({'step': 100, 'rows': []}, f)
+  with pytest.raises(ValueError, match='no row'):
+    sampler_table.average(paths)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import helpers
-from research import configs, trainer
+from research import configs, evaluate, trainer
 from research.evaluation import features
 
 
@@ -85,15 +85,24 @@ def test_evaluate_cli_writes_eval_json(cache, vae_run):
                         text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'feature space: features_digits' in proc.stdout
-  assert 'frechet_distance' in proc.stdout
+  assert 'frechet_distance' in proc.stdout and ' ± ' in proc.stdout
   with open(os.path.join(vae_run, 'eval.json')) as f:
     saved = json.load(f)
   assert saved['num_samples'] == 40 and saved['step'] == 20
-  assert os.path.exists(os.path.join(vae_run, 'samples', 'eval_samples_0000020.npz'))
+  assert saved['num_draws'] == evaluate.DEFAULT_DRAWS == len(saved['draws'])
+  for d in range(evaluate.DEFAULT_DRAWS):   # the first draw, then independent ones, cached
+    name = f'eval_samples_0000020{f"_draw{d}" if d else ""}.npz'
+    assert os.path.exists(os.path.join(vae_run, 'samples', name)), name
   assert 'features_digits' in saved['feature_space']
   assert saved['feature_net_test_accuracy'] > 0.8
+  fds = [d['frechet_distance'] for d in saved['draws']]
+  assert len(set(fds)) == len(fds)                          # different samples in each draw
+  assert saved['metrics']['frechet_distance'] == pytest.approx(np.mean(fds))
+  assert saved['metrics']['frechet_distance_se'] == pytest.approx(
+      np.std(fds, ddof=1) / np.sqrt(len(fds)))
   for k in EXPECTED:
     assert np.isfinite(saved['metrics'][k]), k
+    assert np.isfinite(saved['metrics'][f'{k}_se']), k
     assert saved['feature_space'] in saved['metric_names'][k]
   assert not saved['notes']
   assert np.isfinite(saved['reference_test_vs_train']['frechet_distance'])

@@ -179,6 +179,7 @@ def test_toy_run_reports_mode_coverage(tmp_path):
   ev = final['eval']
   assert 0 <= ev['modes_captured'] <= 8
   assert 0 <= ev['high_quality_fraction'] <= 1
+  assert np.isfinite(ev['modes_captured_se']) and ev['high_quality_fraction_se'] >= 0  # 3 draws
   assert ev['num_examples'] == 400
   for name in ('d_real_acc', 'd_fake_acc', 'd_real_logit', 'd_fake_logit'):
     assert np.isfinite(ev[name]), name

@@ -299,3 +299,51 @@ def test_unknown_names_list_choices():
     optim.validate(opt_cfg(name='adamx'), NUM_STEPS)
   with pytest.raises(configs.ConfigError, match='warmup_rsqrt'):
     optim.validate(opt_cfg(**{'schedule.name': 'cos'}), NUM_STEPS)
+
+
+# --- EMA ------------------------------------------------------------------------------------
+
+def test_ema_warmup_is_tf_num_updates_decay():
+  at = lambda n, **kw: float(train_state.ema_decay_at(0.999, n, **kw))
+  assert [at(n) for n in (0, 1, 10, 10_000)] == pytest.approx([0.1, 2 / 11, 11 / 20, 0.999])
+  assert at(0, warmup=False) == pytest.approx(0.999)
+
+
+@pytest.mark.parametrize('warmup', [True, False])
+def test_short_run_ema_tracks_the_params_only_with_the_warmup(warmup):
+  """SGD walks every param from 1 to 1 - 0.01 n. The warmed EMA (decay (1+n)/(10+n) here) lags
+  a ramp by ~n/10 steps: 90% of the way after 300 steps; a plain 0.999 EMA covers ~14%."""
+  tx, _ = optim.make(opt_cfg(name='sgd', lr=0.01), NUM_STEPS)
+  params = params_tree()
+  state = train_state.TrainState.create(params, tx, ema_decay=0.999, ema_warmup=warmup)
+  grads = jax.tree.map(jnp.ones_like, params)
+  step = jax.jit(train_state.apply_gradients)
+  for _ in range(300):
+    state = step(state, grads, {})
+  moved = 1.0 - float(state.params['enc']['kernel'][0, 0])            # 3.0
+  ema_moved = 1.0 - float(state.ema_params['enc']['kernel'][0, 0])
+  if warmup:
+    assert ema_moved / moved > 0.85, ema_moved
+  else:
+    assert ema_moved / moved < 0.3, ema_moved
+
+
+def test_raw_params_view_swaps_every_ema_copy():
+  tx, _ = optim.make(opt_cfg(), NUM_STEPS)
+  with_ema = train_state.TrainState.create(params_tree(1.0), tx, ema_decay=0.9)
+  with_ema = with_ema.replace(ema_params=params_tree(5.0))
+  plain = train_state.TrainState.create(params_tree(2.0), tx)
+  nested = {'g': with_ema, 'd': plain}
+  assert train_state.has_ema(nested) and not train_state.has_ema(plain)
+  raw = train_state.raw_params_view(nested)
+  assert float(raw['g'].eval_params['enc']['bias'][0]) == 1.0      # was the EMA's 5.0
+  assert float(nested['g'].eval_params['enc']['bias'][0]) == 5.0
+  assert jax.tree.structure(raw) == jax.tree.structure(nested)      # compiled evals reused
+
+
+def test_stale_ema_warning_names_the_fix():
+  from research import trainer
+  line = trainer.stale_ema_warning({'loss': 0.61, 'raw_loss': 0.19}, 1000, 0.999)
+  assert 'loss 0.61 is 3.2x' in line and 'optimizer.ema_decay=0.999' in line
+  assert trainer.stale_ema_warning({'loss': 0.20, 'raw_loss': 0.19}, 1000, 0.999) is None
+  assert trainer.stale_ema_warning({'accuracy': 0.9, 'raw_accuracy': 0.1}, 1, 0.9) is None

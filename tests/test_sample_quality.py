@@ -225,3 +225,28 @@ def test_frechet_near_singular_matches_scipy(seed):
   want = float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
   got = sq.frechet_distance_from_stats(mu1, s1, mu2, s2)
   assert got == pytest.approx(want, rel=1e-6, abs=1e-6)
+
+
+def test_over_draws_standard_error_is_std_over_sqrt_n():
+  from research.evaluation import stats
+  rng = np.random.default_rng(0)
+  se = {}
+  for n in (25, 400):
+    draws = [{'fd': float(v), 'label': 'x'} for v in rng.normal(3.0, 2.0, n)]
+    out = stats.over_draws(draws)
+    assert out['num_draws'] == n and 'label' not in out
+    se[n] = out['fd_se']
+    assert se[n] == pytest.approx(2.0 / np.sqrt(n), rel=0.3)
+  assert se[400] < se[25]
+  one = stats.over_draws([{'fd': 1.0}])
+  assert one['fd'] == 1.0 and np.isnan(one['fd_se'])
+  assert stats.format_mean_se(0.2312, 0.0123) == '0.2312 ± 0.012'
+  assert stats.format_mean_se(0.2312, float('nan')) == '0.2312'
+
+
+def test_precomputed_real_radii_give_the_same_metrics():
+  rng = np.random.default_rng(1)
+  real, fake = rng.normal(size=(300, 4)), rng.normal(0.3, 1.0, size=(120, 4))
+  radii = sq.real_knn_radii(real)
+  assert sq.precision_recall(real, fake, real_radii=radii) == sq.precision_recall(real, fake)
+  assert sq.density_coverage(real, fake, real_radii=radii) == sq.density_coverage(real, fake)

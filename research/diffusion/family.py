@@ -34,6 +34,11 @@ from research.train_state import TrainState
 PROCESSES = ('ddpm', 'vdm', 'edm')
 SCHEDULES = ('linear', 'cosine', 'learned')
 GRIDS = ('auto', 'discrete', 'time_uniform', 'karras', 'logsnr_uniform')
+# grid='auto': the grid each sampler's paper uses. DPM-Solver++ steps uniformly in log-SNR (Lu et
+# al. 2022); on DDIM's uniform spacing of a discrete model its last step spans most of the
+# log-SNR range and it does worse than DDIM. Heun and Euler take EDM's Karras grid. Ancestral
+# DDPM and DDIM walk the training levels (DDIM's uniform spacing; uniform in t if continuous).
+AUTO_GRIDS = {'dpmpp_2m': 'logsnr_uniform', 'heun': 'karras', 'euler': 'karras'}
 
 
 def _ints(text: str, field: str) -> tuple[int, ...]:
@@ -93,7 +98,8 @@ class Diffusion(Family):
     c.sampler = ml_collections.ConfigDict()
     c.sampler.name = 'ddpm'             # ddpm | ddim | euler | heun | dpmpp_2m
     c.sampler.steps = 0                 # 0: T for a discrete model, else 18
-    c.sampler.grid = 'auto'             # auto | discrete | time_uniform | karras | logsnr_uniform
+    c.sampler.grid = 'auto'             # auto (each sampler's own, AUTO_GRIDS) | discrete |
+                                        # time_uniform | karras | logsnr_uniform
     c.sampler.eta = 0.0                 # ddim stochasticity (1 = ancestral)
     c.sampler.churn = 0.0               # heun: EDM's S_churn
     c.sampler.guidance = 0.0            # classifier-free guidance; 0 = the conditional model
@@ -150,8 +156,8 @@ class Diffusion(Family):
     configs.require(s.grid != 'time_uniform' or d.process != 'edm', 'sampler.grid', s.grid,
                     'edm has no time variable; use karras or logsnr_uniform')
     configs.require(s.steps >= 0, 'sampler.steps', s.steps, 'must be >= 0 (0 = default)')
-    configs.require(not (discrete and s.grid in ('auto', 'discrete'))
-                    or s.steps <= d.num_timesteps, 'sampler.steps', s.steps,
+    on_levels = s.grid == 'discrete' or (s.grid == 'auto' and s.name not in AUTO_GRIDS)
+    configs.require(not (discrete and on_levels) or s.steps <= d.num_timesteps, 'sampler.steps', s.steps,
                     f'a discrete grid has at most diffusion.num_timesteps={d.num_timesteps} steps')
     configs.require(s.eta >= 0 and s.churn >= 0, 'sampler.eta', s.eta, 'eta, churn must be >= 0')
     configs.require(s.guidance == 0 or config.model.class_conditional, 'sampler.guidance',
@@ -301,7 +307,8 @@ class Diffusion(Family):
       params['schedule'] = self._schedule_module().init(k_sched, jnp.zeros((1,)))['params']
     tx, _ = optim.make(self.config.optimizer, self.config.train.num_steps,
                        moments_dtype=self.config.precision.moments)
-    return TrainState.create(params, tx, {}, ema_decay=self.config.optimizer.ema_decay)
+    return TrainState.create(params, tx, {}, ema_decay=self.config.optimizer.ema_decay,
+                             ema_warmup=self.config.optimizer.ema_warmup)
 
   def sharding_rules(self):
     # The U-Net's residual blocks split like a Megatron MLP (first conv on output channels,
@@ -340,14 +347,36 @@ class Diffusion(Family):
       levels = self.logsnr_fn(params)(jnp.array([0.0, 1.0]))[0]
     return jnp.exp(-0.5 * levels[0]), jnp.exp(-0.5 * levels[-1])
 
+  def grid(self, sampler_cfg=None) -> str:
+    """The sampler's grid, with 'auto' resolved (AUTO_GRIDS, else the training levels)."""
+    s = sampler_cfg or self.config.sampler
+    if s.grid != 'auto':
+      return s.grid
+    if self.config.diffusion.process == 'edm':   # no time variable, no training levels
+      return AUTO_GRIDS.get(s.name, 'karras')
+    return AUTO_GRIDS.get(s.name, 'discrete' if self._discrete else 'time_uniform')
+
+  def sampler_steps(self, sampler_cfg=None) -> int:
+    """The sampler's step count, with 0 resolved (T for a discrete model, else 18)."""
+    s = sampler_cfg or self.config.sampler
+    return s.steps or (self.config.diffusion.num_timesteps if self._discrete else 18)
+
+  def sample_settings(self) -> dict:
+    s = self.config.sampler
+    steps, grid = self.sampler_steps(), self.grid()
+    tag = f'{s.name}{steps}-{grid}'
+    tag += f'-eta{s.eta:g}' if s.name == 'ddim' and s.eta else ''
+    tag += f'-churn{s.churn:g}' if s.name == 'heun' and s.churn else ''
+    tag += f'-rho{s.rho:g}' if grid == 'karras' and s.rho != 7 else ''
+    tag += f'-w{s.guidance:g}' if self._num_classes else ''
+    tag += '-noclip' if self._images and not s.clip_denoised else ''
+    return {'tag': tag, 'sampler': dict(s.to_dict(), steps=steps, grid=grid),
+            'config': {'sampler': s.to_dict()}}
+
   def sigmas(self, params, sampler_cfg=None) -> jax.Array:
     """The sampler's decreasing noise-level grid, [steps + 1] ending at 0."""
     s = sampler_cfg or self.config.sampler
-    d = self.config.diffusion
-    steps = s.steps or (d.num_timesteps if self._discrete else 18)
-    grid = s.grid
-    if grid == 'auto':
-      grid = {'edm': 'karras'}.get(d.process, 'discrete' if self._discrete else 'time_uniform')
+    steps, grid = self.sampler_steps(s), self.grid(s)
     if grid == 'discrete':
       return schedules.discrete_sigmas(self._levels, steps)
     if grid == 'time_uniform':

@@ -187,6 +187,12 @@ def _knn_sq_radii(x, k):
     return radii
 
 
+def real_knn_radii(real, k=5):
+    """The reference set's squared k-NN radii, for `real_radii=` of precision_recall and
+    density_coverage."""
+    return _knn_sq_radii(np.asarray(real, np.float64), k)
+
+
 def _ball_counts(queries, centers, sq_radii):
     """For each query: number of centers c with ||q - c|| <= radius(c)."""
     c_sq = np.sum(centers * centers, axis=1)
@@ -204,7 +210,7 @@ def _check_k(real, fake, k):
     return _check_features(real, fake, min_samples=int(k) + 1)
 
 
-def precision_recall(real, fake, k=5):
+def precision_recall(real, fake, k=5, real_radii=None):
     """Improved precision and recall (Kynkaanniemi et al. 2019).
 
     k=5 (Naeem et al. 2020's choice, shared with density/coverage) rather than
@@ -216,16 +222,18 @@ def precision_recall(real, fake, k=5):
     the distance to the k-th nearest neighbour in the same set.
     precision = fraction of fake samples inside the real manifold (fidelity);
     recall = fraction of real samples inside the fake manifold (diversity).
+    `real_radii` (from `real_knn_radii(real, k)`) saves recomputing them when
+    one reference serves many fake sets.
     """
     real, fake = _check_k(real, fake, k)
-    real_radii = _knn_sq_radii(real, k)
+    real_radii = _knn_sq_radii(real, k) if real_radii is None else real_radii
     fake_radii = _knn_sq_radii(fake, k)
     precision = np.mean(_ball_counts(fake, real, real_radii) > 0)
     recall = np.mean(_ball_counts(real, fake, fake_radii) > 0)
     return {'precision': float(precision), 'recall': float(recall)}
 
 
-def density_coverage(real, fake, k=5):
+def density_coverage(real, fake, k=5, real_radii=None):
     """Density and coverage (Naeem et al. 2020), built only on real k-NN balls.
 
     density = (1 / (k M)) * sum_j #{real balls containing fake_j}: ~1 when
@@ -235,7 +243,7 @@ def density_coverage(real, fake, k=5):
       (equivalently, whose nearest fake lies within its k-NN radius).
     """
     real, fake = _check_k(real, fake, k)
-    real_radii = _knn_sq_radii(real, k)
+    real_radii = _knn_sq_radii(real, k) if real_radii is None else real_radii
     density = _ball_counts(fake, real, real_radii).sum() / (k * len(fake))
 
     # Nearest-fake squared distance for every real point, chunked over real.

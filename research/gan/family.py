@@ -36,7 +36,7 @@ from jax import lax
 
 from research import configs, optim, parallel, precision
 from research.data import datasets
-from research.evaluation import toy_mixtures
+from research.evaluation import stats, toy_mixtures
 from research.family import Family
 from research.gan import losses, networks
 from research.train_state import TrainState, apply_gradients
@@ -239,7 +239,8 @@ class GAN(Family):
                          moments_dtype=moments)
     split = lambda v: ({k: w for k, w in v.items() if k != 'params'})
     g = TrainState.create(g_vars['params'], g_tx, split(g_vars),
-                          ema_decay=self.config.optimizer.ema_decay)
+                          ema_decay=self.config.optimizer.ema_decay,
+                          ema_warmup=self.config.optimizer.ema_warmup)
     d = TrainState.create(d_vars['params'], d_tx, split(d_vars))
     return GANState(step=jnp.zeros((), jnp.int32), g=g, d=d)
 
@@ -392,17 +393,23 @@ class GAN(Family):
 
   # --- host-side hooks ----------------------------------------------------------------------
   def host_eval(self, state: GANState, eval_batches, key: jax.Array) -> dict:
-    """2-D mixtures: PacGAN's mode statistics on 2,500 generated points."""
+    """2-D mixtures: PacGAN's mode statistics on 2,500 generated points, mean and standard
+    error (`<name>_se`) over `eval.draws` independent draws (the first uses `key` itself)."""
     from research.data import toy  # pylint: disable=g-import-not-at-top
     name = self.config.data.name
     if self._images or toy.modes(name) is None:
       return {}
     params, g_state = parallel.to_host((self.eval_params(state), state.g.model_state))
     key = jax.random.wrap_key_data(parallel.to_host(jax.random.key_data(key)))
-    points = np.asarray(self._jit_draw(params, key, toy_mixtures.PACGAN_NUM_SAMPLES,
-                                       g_state)['points'])
-    cov = toy_mixtures.mode_coverage(points, toy.modes(name), toy.mode_std(name))
-    return {'modes_captured': float(cov['modes_captured']),
-            'high_quality_fraction': cov['high_quality_fraction'],
-            'reverse_kl': cov['reverse_kl']}
+    per_draw = []
+    for d in range(self.config.eval.draws):
+      points = np.asarray(self._jit_draw(params, jax.random.fold_in(key, d) if d else key,
+                                         toy_mixtures.PACGAN_NUM_SAMPLES, g_state)['points'])
+      cov = toy_mixtures.mode_coverage(points, toy.modes(name), toy.mode_std(name))
+      per_draw.append({'modes_captured': float(cov['modes_captured']),
+                       'high_quality_fraction': cov['high_quality_fraction'],
+                       'reverse_kl': cov['reverse_kl']})
+    out = stats.over_draws(per_draw)
+    return {k: v for k, v in out.items() if k != 'num_draws' and not (
+        self.config.eval.draws == 1 and k.endswith('_se'))}
 

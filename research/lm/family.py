@@ -161,7 +161,8 @@ class LM(Family):
       opt_cfg.frozen = ','.join(p for p in (opt_cfg.frozen.strip(), lora.FROZEN_BASE) if p)
     tx = optim.make(opt_cfg, self.config.train.num_steps,
                     moments_dtype=self.config.precision.moments)[0]
-    return TrainState.create(params, tx, ema_decay=self.config.optimizer.ema_decay)
+    return TrainState.create(params, tx, ema_decay=self.config.optimizer.ema_decay,
+                             ema_warmup=self.config.optimizer.ema_warmup)
 
   def objective(self, state):
     return self._loss
@@ -232,6 +233,16 @@ class LM(Family):
     def apply(params, tokens, **kw):
       return self.net.apply({'params': params}, tokens, **kw)
     return apply
+
+  def sample_settings(self) -> dict:
+    s = self.config.sample
+    if s.greedy:
+      tag = 'greedy'
+    else:
+      tag = f't{s.temperature:g}' + (f'-k{s.top_k}' if s.top_k else '') + (
+          f'-p{s.top_p:g}' if s.top_p < 1 else '')
+    return {'tag': tag, 'sample': s.to_dict(), 'prompt': self.config.prompt,
+            'config': {'sample': s.to_dict(), 'prompt': self.config.prompt}}
 
   def sample_text(self, samples) -> list[str]:
     tokens, mask = np.asarray(samples['tokens']), np.asarray(samples['mask'])

@@ -64,7 +64,8 @@ class DPO(LM):
     tx = optim.make(self.config.optimizer, self.config.train.num_steps,
                     moments_dtype=self.config.precision.moments)[0]
     return TrainState.create(params, tx, model_state={'ref': jax.tree.map(jnp.copy, params)},
-                             ema_decay=self.config.optimizer.ema_decay)
+                             ema_decay=self.config.optimizer.ema_decay,
+                             ema_warmup=self.config.optimizer.ema_warmup)
 
   def prepare_state(self, state, mesh):
     return state.replace(model_state={'ref': jax.tree.map(jnp.copy, state.params)})

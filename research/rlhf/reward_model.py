@@ -65,7 +65,8 @@ class RewardModel(LM):
     params = dict(lm_params, **{heads.REWARD: heads.init_head(jax.random.fold_in(key, 1), d, std)})
     tx = optim.make(self.config.optimizer, self.config.train.num_steps,
                     moments_dtype=self.config.precision.moments)[0]
-    return TrainState.create(params, tx, ema_decay=self.config.optimizer.ema_decay)
+    return TrainState.create(params, tx, ema_decay=self.config.optimizer.ema_decay,
+                             ema_warmup=self.config.optimizer.ema_warmup)
 
   def scores(self, params, tokens, *, train: bool = False, key=None):
     """r(x, y) [B] of right-padded sequences [B, L] (pad never occurs in text)."""

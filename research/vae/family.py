@@ -117,7 +117,8 @@ class VAE(Family):
     params = model.init(key, x[:1])['params']
     tx, _ = optim.make(self.config.optimizer, self.config.train.num_steps,
                        moments_dtype=self.config.precision.moments)
-    return TrainState.create(params, tx, {}, ema_decay=self.config.optimizer.ema_decay)
+    return TrainState.create(params, tx, {}, ema_decay=self.config.optimizer.ema_decay,
+                             ema_warmup=self.config.optimizer.ema_warmup)
 
   def objective(self, state: TrainState):
     beta = self._beta(state.step)
