@@ -21,21 +21,21 @@ worst offenders as RUN/samples/worst_offenders_<step>.png). As a scale for the d
 same distances between an equally large slice of the test set and the same train reference
 are reported under `reference_test_vs_train`. A metric the sample count is too small for is
 skipped with a note. Prints a table per set and logs the scalars to RUN/tb under
-`sample_quality[_<tag>]/`.
+`sample_quality[_<tag>]/`. 2-D toy runs get mode coverage (`evaluate_toy_run`); text runs (LM,
+SFT, PPO, DPO) held-out and sample text metrics (`research/evaluate_text.py`).
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
-import re
 import sys
 import time
 
 import numpy as np
 from absl import app, flags
 
-from research import images as image_lib
+from research import evaluate_text
+from research import sample_sets as sets_lib
 from research.evaluation import stats
 
 FLAGS = flags.FLAGS
@@ -56,143 +56,7 @@ def _define_flags():
                     'scored on its own.')
 
 
-_CHUNK = 1000  # samples drawn per call when drawing more
 DEFAULT_DRAWS = 5  # independent sample sets per metric: mean ± standard error
-
-
-_SET = re.compile(r'samples_(\d+)(?:_(.+))?\.npz$')
-
-
-def sample_sets(workdir: str) -> dict[str, dict[int, str]]:
-  """The run's saved sample sets: tag ('' for an untagged family) -> {step: .npz path}. A tag
-  names the settings that drew the set (e.g. 'ddim50-discrete'; `Family.sample_settings`)."""
-  sets = {}
-  for p in glob.glob(os.path.join(workdir, 'samples', 'samples_*.npz')):
-    if m := _SET.match(os.path.basename(p)):
-      sets.setdefault(m.group(2) or '', {})[int(m.group(1))] = p
-  return sets
-
-
-def latest_tags(workdir: str) -> list[str]:
-  """Tags of the sample sets saved at the run's latest sampled step (sorted)."""
-  sets = sample_sets(workdir)
-  if not sets:
-    return []
-  last = max(max(steps) for steps in sets.values())
-  return sorted(t for t, steps in sets.items() if last in steps)
-
-
-def sample_info(npz_path: str) -> dict:
-  """The JSON written beside a sample file (what made it), or {} for older runs."""
-  path = os.path.splitext(npz_path)[0] + '.json'
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
-
-
-def _with_settings(config, settings: dict):
-  """`config` with the `config` overrides of a sample set's settings (the sampler that drew it)."""
-  config = config.copy_and_resolve_references()
-  for k, v in settings.get('config', {}).items():
-    if isinstance(v, dict):
-      config[k].update(v)
-    else:
-      config[k] = v
-  return config
-
-
-def _suffix(tag: str, draw: int = 0) -> str:
-  return (f'_{tag}' if tag else '') + (f'_draw{draw}' if draw else '')
-
-
-def draw_samples(config, workdir: str, num: int, key: str = 'images', draws=(0,),
-                 step: int = -1):
-  """Independent sets of `num` samples from the run's checkpoint at `step` (-1 = latest) with
-  `config`'s sample settings, `_CHUNK` at a time, one per index in `draws` (draw 0 uses the
-  run's sample key, draw d > 0 a key folded with d). Returns (step, [samples], settings); the
-  samples are the family's `key` output ('images', or 'points' for 2-D toy data), each set
-  saved as samples/eval_samples_<step>[_<tag>][_draw<d>].npz with its JSON."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from research import parallel, trainer  # pylint: disable=g-import-not-at-top
-  config = config.copy_and_resolve_references()
-  config.eval.num_samples = min(num, _CHUNK)
-  exp, state, _, sample_key = trainer.restore(config, workdir, step)
-  step = int(parallel.to_host(state.step))
-  settings = exp.family.sample_settings()
-  sets = []
-  for d in draws:
-    base = jax.random.fold_in(sample_key, d) if d else sample_key
-    out = []
-    for i in range(-(-num // config.eval.num_samples)):
-      s = parallel.to_host(exp.sample(state, jax.random.fold_in(base, i)))
-      if key not in s:
-        raise ValueError(f'the {config.family!r} family draws no {key}')
-      out.append(np.asarray(s[key])[:config.eval.num_samples])
-    sets.append(np.concatenate(out)[:num])
-    if jax.process_index() == 0:
-      path = os.path.join(workdir, 'samples',
-                          f"eval_samples_{step:07d}{_suffix(settings.get('tag', ''), d)}.npz")
-      image_lib.save_npz(path, {key: sets[-1]})
-      trainer.write_sample_info(path, settings, step=step, seed=config.seed, num_samples=num,
-                                draw=d, params='ema' if config.optimizer.ema_decay else 'raw')
-  return step, sets, settings
-
-
-def _cached(path: str, key: str, num: int):
-  """The first `num` samples of a saved set, or None if it is missing or holds fewer."""
-  if not os.path.exists(path):
-    return None
-  with np.load(path) as z:
-    x = np.asarray(z[key]) if key in z else None
-  return x[:num] if x is not None and len(x) >= num else None
-
-
-def load_samples(workdir: str, config, num_samples: int, key: str, tag: str | None = None,
-                 num_draws: int = 1):
-  """(step, [samples per draw], info) of the sample set `tag` (None: the only set at the
-  latest step) at its latest step. Draw 0 is the saved set, drawn from the checkpoint with the
-  set's settings when it holds fewer than `num_samples`; draws 1.. are new independent sets
-  of as many samples from the same checkpoint and settings (cached, so reruns reuse them).
-  `info` says what made them and where they are."""
-  sets = sample_sets(workdir)
-  if tag is None:
-    tags = latest_tags(workdir)
-    if len(tags) > 1:
-      raise ValueError(f'{len(tags)} sample sets at the latest step ({", ".join(tags)}): '
-                       'name one with --samples=TAG (or --samples=all)')
-    tag = tags[0] if tags else ''
-  if tag not in sets and tag:
-    raise FileNotFoundError(f'no sample set {tag!r} under {workdir}/samples; saved sets: '
-                            f'{", ".join(sorted(sets)) or "none"}')
-  first, info, step = None, {}, -1
-  if tag in sets:
-    step = max(sets[tag])
-    path = sets[tag][step]
-    info = dict(sample_info(path), file=path, tag=tag)
-    with np.load(path) as z:
-      first = np.asarray(z[key]) if key in z else None
-  if first is None or (num_samples and len(first) < num_samples):
-    if not num_samples:
-      raise FileNotFoundError(f'no samples/samples_*.npz with {key} under {workdir}: train '
-                              'or run --mode=sample first, or pass --num_samples')
-    step, (first,), settings = draw_samples(_with_settings(config, info), workdir, num_samples,
-                                            key, step=step)
-    info = dict(settings, file='drawn from the checkpoint', step=step)
-  n = num_samples or len(first)
-  out = [first[:n]]
-  missing = []
-  for d in range(1, num_draws):
-    path = os.path.join(workdir, 'samples', f'eval_samples_{step:07d}{_suffix(tag, d)}.npz')
-    out.append(_cached(path, key, n))
-    if out[-1] is None:
-      missing.append(d)
-  if missing:
-    _, drawn, _ = draw_samples(_with_settings(config, info), workdir, n, key, missing, step)
-    for d, x in zip(missing, drawn):
-      out[d] = x
-  info.setdefault('tag', tag)
-  return step, out, info
 
 
 def _try(notes: dict, name: str, fn):
@@ -201,11 +65,6 @@ def _try(notes: dict, name: str, fn):
   except ValueError as e:
     notes[name] = f'skipped: {e}'
     return None
-
-
-def result_path(workdir: str, tag: str) -> str:
-  """eval.json for an untagged sample set, eval_<tag>.json for a tagged one."""
-  return os.path.join(workdir, f'eval_{tag}.json' if tag else 'eval.json')
 
 
 def evaluate_run(workdir: str, num_samples: int = 0, max_real: int = 10000,
@@ -224,10 +83,13 @@ def evaluate_run(workdir: str, num_samples: int = 0, max_real: int = 10000,
     config = features.config_from_json(json.load(f))
   if datasets.is_toy(config.data.name):
     return evaluate_toy_run(workdir, config, num_samples, tag, num_draws)
+  if datasets.is_text(config.data.name):
+    return evaluate_text.evaluate_text_run(workdir, config, num_samples, tag, num_draws)
   if config.data.name not in datasets.DATASETS:
     raise ValueError(f'config.data.name={config.data.name!r} is not an image dataset')
 
-  step, draws, made_by = load_samples(workdir, config, num_samples, 'images', tag, num_draws)
+  step, draws, made_by = sets_lib.load_samples(workdir, config, num_samples, 'images', tag,
+                                               num_draws)
   feature_fn, probs_fn, info = features.load_feature_fn(config.data.name, config.data)
   space = info['feature_space']
 
@@ -289,7 +151,7 @@ def evaluate_run(workdir: str, num_samples: int = 0, max_real: int = 10000,
   png = None
   if mem is not None:   # the first draw's worst offenders
     png = os.path.join(workdir, 'samples',
-                       f'worst_offenders_{step:07d}{_suffix(made_by["tag"])}.png')
+                       f'worst_offenders_{step:07d}{sets_lib.suffix(made_by["tag"])}.png')
     memorization.save_worst_offenders_png(png, fake_images, train_x, mem)
   metrics = stats.over_draws(per_draw)
   reference = distances(test_f[:m], 'reference_test_vs_train/')
@@ -322,7 +184,7 @@ def evaluate_run(workdir: str, num_samples: int = 0, max_real: int = 10000,
 def _write_result(workdir: str, result: dict) -> None:
   """eval.json (eval_<tag>.json) and the metrics as TensorBoard scalars."""
   tag, step = result['samples']['tag'], result['step']
-  with open(result_path(workdir, tag), 'w') as f:
+  with open(sets_lib.eval_path(workdir, tag), 'w') as f:
     json.dump(result, f, indent=2, sort_keys=True)
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
   tb = SummaryWriter(os.path.join(workdir, 'tb'))
@@ -361,7 +223,8 @@ def evaluate_toy_run(workdir: str, config, num_samples: int = 0, tag: str | None
   from research.evaluation import toy_mixtures  # pylint: disable=g-import-not-at-top
   from research.evaluation import sample_quality as sq  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
-  step, draws, made_by = load_samples(workdir, config, num_samples, 'points', tag, num_draws)
+  step, draws, made_by = sets_lib.load_samples(workdir, config, num_samples, 'points', tag,
+                                               num_draws)
   read = pipeline.reader(config.data, config.data.eval_split)
   test = np.asarray(read.rows(np.arange(read.num_examples))[0], np.float64)
   notes, per_draw, histograms = {}, [], []
@@ -397,6 +260,8 @@ def _made_by(info: dict) -> str:
 
 
 def format_table(result: dict) -> str:
+  if 'heldout' in result:   # a text run
+    return evaluate_text.format_table(result)
   ref = result['reference_test_vs_train']
   lines = [f"samples: {_made_by(result.get('samples', {}))}",
            f"feature space: {result['feature_space']} "
@@ -426,12 +291,12 @@ def main(argv):
   metric_writers.console_logging()
   tags = FLAGS.samples
   if tags == ['all']:
-    tags = latest_tags(FLAGS.workdir) or [None]
+    tags = sets_lib.latest_tags(FLAGS.workdir) or [None]
   try:
     for tag in tags:
       result = evaluate_run(FLAGS.workdir, FLAGS.num_samples, FLAGS.max_real, tag, FLAGS.draws)
       print(format_table(result))
-      print(f"wrote {result_path(FLAGS.workdir, result['samples']['tag'])}")
+      print(f"wrote {sets_lib.eval_path(FLAGS.workdir, result['samples']['tag'])}")
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

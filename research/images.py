@@ -44,7 +44,8 @@ def save_npz(path: str, arrays: dict) -> None:
 def scatter(real: np.ndarray, fake: np.ndarray, modes: np.ndarray | None = None,
             radius: float | None = None, size: int = 480) -> tuple[np.ndarray, int]:
   """A scatter plot of 2-D points as a uint8 [size, size, 3] image: generated points blue, real
-  points black on top, each mode's high-quality disc (`radius` around it, e.g. 3 std) outlined in red.
+  points black on top, each mode's high-quality disc (`radius` around it, e.g. 3 std) outlined
+  in red.
   The view spans the real points and the central 98% of the generated ones (so a few far
   outliers do not shrink the picture); returns (image, number of generated points outside)."""
   from PIL import ImageDraw  # pylint: disable=g-import-not-at-top  (PIL is a core dependency)

@@ -322,7 +322,7 @@ def test_evaluate_standard_error_shrinks_as_draws_grow(tmp_path):
 def test_two_samplers_on_one_checkpoint_coexist_and_are_scored_apart(tmp_path):
   """--mode=sample with another sampler adds a set beside the run's own (never overwrites it);
   research.evaluate scores each set on its own and says which sampler made it."""
-  from research import evaluate
+  from research import evaluate, sample_sets
   config = tiny('ddpm', toy=True)
   config.eval.num_samples = 64
   final = trainer.train(config, str(tmp_path))['eval']
@@ -330,11 +330,11 @@ def test_two_samplers_on_one_checkpoint_coexist_and_are_scored_apart(tmp_path):
   other = config.copy_and_resolve_references()
   other.sampler.name, other.sampler.steps = 'dpmpp_2m', 3
   trainer.sample_checkpoint(other, str(tmp_path))
-  assert evaluate.latest_tags(str(tmp_path)) == ['ddpm5-discrete', 'dpmpp_2m3-logsnr_uniform']
+  assert sample_sets.latest_tags(str(tmp_path)) == ['ddpm5-discrete', 'dpmpp_2m3-logsnr_uniform']
   with pytest.raises(ValueError, match='--samples'):     # ambiguous: which set?
     evaluate.evaluate_run(str(tmp_path))
   results = {t: evaluate.evaluate_run(str(tmp_path), tag=t)
-             for t in evaluate.latest_tags(str(tmp_path))}
+             for t in sample_sets.latest_tags(str(tmp_path))}
   for tag, name in (('ddpm5-discrete', 'ddpm'), ('dpmpp_2m3-logsnr_uniform', 'dpmpp_2m')):
     with open(tmp_path / f'eval_{tag}.json') as f:
       saved = json.load(f)

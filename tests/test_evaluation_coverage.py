@@ -142,3 +142,17 @@ def test_label_histogram_names_dropped_classes_despite_stray_labels():
   stats = class_coverage.label_histogram_stats(fake, data, 10)
   assert stats['missing_classes'] == [5]
   assert stats['underrepresented_classes'] == [1, 5, 8]
+
+
+def test_text_overlaps_is_the_longest_verbatim_span():
+  from research.evaluation import memorization
+  train = 'to be or not to be, that is the question\nwhether tis nobler in the mind'
+  samples = ['xx that is the questionyy', 'nothing here at all', 'be or not tozz the mind',
+             'whether tis nobler in the mind to suffer']
+  got = memorization.text_overlaps(samples, train, min_len=6)
+  brute = []
+  for s in samples:   # brute force: every substring
+    best = max((j - i for i in range(len(s)) for j in range(i + 1, len(s) + 1)
+                if s[i:j] in train), default=0)
+    brute.append(best if best >= 6 else 0)
+  assert got.tolist() == brute == [21, 0, 12, 30]

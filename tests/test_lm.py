@@ -1,6 +1,8 @@
 """The LM family in the harness: data-parallel step, exact held-out bits/char, curriculum by
 sequence length, sampling from the CLI, config errors."""
 import math
+import subprocess
+import sys
 
 import chex
 import jax
@@ -9,7 +11,7 @@ import pytest
 
 from research import configs, parallel, trainer
 from research.data import datasets, pipeline, text
-from tests.helpers import cli, load_config
+from tests.helpers import ROOT, cli, load_config
 
 
 @pytest.fixture(scope='session')
@@ -139,3 +141,64 @@ def test_config_errors_name_the_field(data_dir, field, value, match):
   with pytest.raises(configs.ConfigError, match=match) as e:
     configs.validate(c, 2)
   assert '\n' not in str(e.value)
+
+
+def test_samples_never_contain_pad_bos_or_unk(data_dir):
+  """An untrained LM made to favour the special ids (tied embedding: the other rows zeroed, the
+  specials' rows scaled up) fills an unbanned sample with them; the family's samples ban them
+  (renormalising over the rest)."""
+  from research.lm import generate as gen
+  c = tiny(data_dir)
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  exp = trainer.build(c, mesh)
+  batch = next(pipeline.train_iterator(c.data, c.train.batch_size, c.seed))
+  state = exp.init(jax.random.key(0), parallel.host_batch_to_global(batch, mesh))
+  family, tok = exp.family, exp.family.tokenizer
+  specials = [tok.pad_id, tok.bos_id, tok.unk_id]
+  params = jax.device_get(state.params)
+  emb = np.array(params['embedding'])
+  keep = np.zeros(len(emb), bool)
+  keep[specials] = True
+  emb = np.where(keep[:, None], 50.0 * emb / np.abs(emb).max(), 0.0).astype(emb.dtype)
+  params['embedding'] = emb
+  state = state.replace(params=params)
+  out = jax.device_get(family.sample(state, jax.random.key(1), 8))
+  tokens = np.asarray(out['tokens'])[np.asarray(out['mask']) > 0]
+  assert len(tokens) > 0 and not np.isin(tokens, specials).any(), tokens
+  prompts, pmask = gen.pad_prompts([family.prompt_tokens()] * 8, tok.pad_id)
+  free = gen.generate(family._bound_apply, family.model_params(params), prompts, pmask,
+                      jax.random.key(1), max_new_tokens=c.sample.max_new_tokens,
+                      cfg=family.model_cfg)
+  assert np.isin(np.asarray(free['tokens']), specials).mean() > 0.5   # unbanned: mostly specials
+  logits = np.tile(np.arange(6.0)[::-1], (64, 1)) * 3
+  toks, logp = gen.sample_logits(jax.random.key(0), logits, banned=(0, 1, 3))
+  assert not np.isin(np.asarray(toks), [0, 1, 3]).any()
+  probs = np.exp(np.arange(6.0)[::-1] * 3)[[2, 4, 5]]
+  np.testing.assert_allclose(np.exp(np.asarray(logp))[np.asarray(toks) == 2],
+                             probs[0] / probs.sum(), rtol=1e-5)
+
+
+def test_evaluate_a_text_run_reports_text_metrics(data_dir, tmp_path):
+  """`python -m research.evaluate` on an LM run: held-out bits/char (deterministic: one draw),
+  and per-draw sample metrics (diversity, repetition, memorization) with their s.e."""
+  from research import evaluate
+  c = tiny(data_dir)
+  c.eval.num_samples = 4
+  work = str(tmp_path / 'run')
+  trainer.train(c, work)
+  result = evaluate.evaluate_run(work, num_draws=3)
+  held, m = result['heldout'], result['metrics']
+  assert 0 < held['bits_per_char'] < 10 and held['bits_per_char_se'] == 0
+  assert result['num_draws'] == 3 and result['num_samples'] == 4
+  for k in ('distinct_1', 'distinct_2', 'repetition_4', 'chars', 'train_overlap_chars',
+            'copied_fraction'):
+    assert np.isfinite(m[k]) and np.isfinite(m[f'{k}_se']), k
+  assert 0 <= m['distinct_1'] <= 1 and m['chars'] > 0
+  assert len({d['distinct_2'] for d in result['draws']}) > 1     # independent draws
+  assert result['samples']['tag'] == f't{c.sample.temperature:g}'   # what drew the samples
+  table = evaluate.format_table(result)
+  assert 'bits_per_char' in table and 'train_overlap_chars' in table and ' ± ' in table
+  proc = subprocess.run([sys.executable, '-m', 'research.evaluate', f'--workdir={work}',
+                         '--draws=3'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'repetition_4' in proc.stdout and 'eval_t0.8.json' in proc.stdout

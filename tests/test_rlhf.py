@@ -230,6 +230,15 @@ def test_ppo_with_a_reward_model_runs_and_resumes(data_dir, sft, rm, tmp_path):
   shutil.rmtree(os.path.join(ckpt_dir, '2'))
   again = trainer.train(c, work)
   np.testing.assert_allclose(again['train']['score'], final['train']['score'], rtol=1e-5)
+  # research.evaluate on the PPO run: its held-out eval (sampled responses: over 2 keys, with
+  # an s.e.) and text metrics of samples drawn from the checkpoint, true reward included.
+  from research import evaluate
+  result = evaluate.evaluate_run(work, num_samples=4, num_draws=2)
+  held, m = result['heldout'], result['metrics']
+  assert {'true_reward', 'true_reward_se', 'kl', 'score'} <= set(held)
+  assert held['num_draws'] == 2 and np.isfinite(held['kl_se'])
+  assert {'true_reward', 'distinct_2', 'repetition_4', 'train_overlap_chars'} <= set(m)
+  assert 'true_reward' in evaluate.format_table(result)
 
 
 def tiny_dpo(data_dir, store, sft):

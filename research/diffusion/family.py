@@ -157,7 +157,8 @@ class Diffusion(Family):
                     'edm has no time variable; use karras or logsnr_uniform')
     configs.require(s.steps >= 0, 'sampler.steps', s.steps, 'must be >= 0 (0 = default)')
     on_levels = s.grid == 'discrete' or (s.grid == 'auto' and s.name not in AUTO_GRIDS)
-    configs.require(not (discrete and on_levels) or s.steps <= d.num_timesteps, 'sampler.steps', s.steps,
+    configs.require(not (discrete and on_levels) or s.steps <= d.num_timesteps, 'sampler.steps',
+                    s.steps,
                     f'a discrete grid has at most diffusion.num_timesteps={d.num_timesteps} steps')
     configs.require(s.eta >= 0 and s.churn >= 0, 'sampler.eta', s.eta, 'eta, churn must be >= 0')
     configs.require(s.guidance == 0 or config.model.class_conditional, 'sampler.guidance',

@@ -110,3 +110,30 @@ def save_worst_offenders_png(path: str, fake_images, train_images, report: dict,
   save_png(path, pairs.reshape((-1,) + fake_images.shape[1:]),
            ncol=2 * min(pairs_per_row, len(worst)), scale=scale)
   return worst
+
+
+def text_overlaps(samples, train_text: str, min_len: int = 10) -> np.ndarray:
+  """Per sample: the length (characters) of its longest span found verbatim in `train_text`,
+  0 when no span of `min_len` or more is. One pass per sample: the match starting at i + 1 is
+  at least the one at i minus a character, so each position extends the previous match (a
+  substring search of the training text per extension) and positions whose first `min_len`
+  characters never occur in the training text are skipped through a set of its k-grams."""
+  if min_len < 1:
+    raise ValueError(f'min_len must be >= 1, got {min_len}')
+  k = min_len
+  grams = {train_text[i:i + k] for i in range(len(train_text) - k + 1)}
+  out = np.zeros(len(samples), np.int64)
+  for j, s in enumerate(samples):
+    best = length = 0
+    for i in range(len(s)):
+      length = max(length - 1, 0)
+      if length < k:   # the carried match is too short: start afresh if the k-gram occurs
+        if s[i:i + k] not in grams:
+          length = 0
+          continue
+        length = k
+      while i + length < len(s) and s[i:i + length + 1] in train_text:
+        length += 1
+      best = max(best, length)
+    out[j] = best
+  return out

@@ -224,8 +224,15 @@ class LM(Family):
                        max_new_tokens=min(s.max_new_tokens, room), temperature=s.temperature,
                        top_k=s.top_k, top_p=s.top_p, greedy=s.greedy,
                        eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
-                       cfg=self.model_cfg)
+                       cfg=self.model_cfg, banned=self.banned_ids)
     return {'tokens': out['tokens'], 'logprobs': out['logprobs'], 'mask': out['mask']}
+
+  @property
+  def banned_ids(self) -> tuple[int, ...]:
+    """Ids a text sample never contains: pad and bos (a new document) have no text, and unk
+    (a character the tokenizer never saw) decodes to a replacement mark."""
+    t = self.tokenizer
+    return (t.pad_id, t.bos_id, t.unk_id)
 
   @functools.cached_property
   def _bound_apply(self):

@@ -18,6 +18,8 @@ Log-probabilities returned by `generate` (RLHF relies on this definition):
   - greedy: log softmax(logits) of the argmax, i.e. temperature 1 and no filtering, whatever
     `temperature`, `top_k` and `top_p` say; equals `sequence_logprobs(...)` at temperature 1.
   - 0 where `mask` is 0 (after the first EOS).
+  - `banned` ids (the LM's samples ban pad, bos and unk) get probability 0 before any filter:
+    the distribution above is the model's renormalised over the other ids.
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0):
 
 
 def sample_logits(key, logits, *, temperature=1.0, top_k: int = 0, top_p=1.0,
-                  greedy: bool = False):
+                  greedy: bool = False, banned: tuple[int, ...] = ()):
   """Draws one token per row from logits [B, V] -> (tokens [B] int32, logprobs [B] float32),
   with the log-probabilities defined in the module docstring.
 
@@ -69,7 +71,9 @@ def sample_logits(key, logits, *, temperature=1.0, top_k: int = 0, top_p=1.0,
   may be traced scalars. The nucleus filter is skipped only for a Python top_p >= 1 (a traced
   top_p always filters, and a float cumulative sum can drop ~1e-7 of tail mass at top_p = 1).
   """
-  logits = logits.astype(jnp.float32)
+  logits = jnp.asarray(logits, jnp.float32)
+  if banned:   # ids a sample must never contain (e.g. pad, unk): probability 0
+    logits = logits.at[:, jnp.asarray(banned)].set(-jnp.inf)
   pick = lambda logp, i: jnp.take_along_axis(logp, i[:, None], -1)[:, 0]
   if greedy:
     tokens = jnp.argmax(logits, axis=-1)
@@ -123,7 +127,7 @@ def _check_prompts(prompts, prompt_mask, cfg, max_new_tokens):
 def generate(apply_fn: Callable, params, prompts, prompt_mask, key, *, max_new_tokens: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
              eos_id: int | None = None, pad_id: int = 0,
-             cfg: model_lib.TransformerConfig | None = None):
+             cfg: model_lib.TransformerConfig | None = None, banned: tuple[int, ...] = ()):
   """Generates `max_new_tokens` tokens after left-padded prompts, under one jax.jit.
 
   One prefill call writes the P prompt tokens into a cache of P + max_new_tokens slots; the
@@ -140,6 +144,7 @@ def generate(apply_fn: Callable, params, prompts, prompt_mask, key, *, max_new_t
     temperature, top_k, top_p, greedy: see `sample_logits`; log-probs in the module docstring.
     eos_id: rows stop at their first EOS (kept, mask 1); later tokens are pad_id, mask 0.
     cfg: the TransformerConfig; default `apply_fn.__self__.cfg`.
+    banned: ids never sampled (e.g. pad, bos, unk; see the module docstring).
 
   Returns:
     {'tokens': [B, N] int32, 'logprobs': [B, N] float32, 'mask': [B, N] float32}.
@@ -151,13 +156,13 @@ def generate(apply_fn: Callable, params, prompts, prompt_mask, key, *, max_new_t
   return _generate(apply_fn, cfg, params, prompts, prompt_mask, key, f32(temperature),
                    f32(top_p), i32(-1 if eos_id is None else eos_id), i32(pad_id),
                    max_new_tokens=int(max_new_tokens), top_k=int(top_k), nucleus=bool(top_p < 1),
-                   greedy=bool(greedy))
+                   greedy=bool(greedy), banned=tuple(int(i) for i in banned))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1),
-                   static_argnames=('max_new_tokens', 'top_k', 'nucleus', 'greedy'))
+                   static_argnames=('max_new_tokens', 'top_k', 'nucleus', 'greedy', 'banned'))
 def _generate(apply_fn, cfg, params, prompts, prompt_mask, key, temperature, top_p, eos_id,
-              pad_id, *, max_new_tokens, top_k, nucleus, greedy):
+              pad_id, *, max_new_tokens, top_k, nucleus, greedy, banned):
   b, p = prompts.shape
   prompt_mask = prompt_mask.astype(bool)
   lengths = jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)                   # [B]
@@ -167,7 +172,8 @@ def _generate(apply_fn, cfg, params, prompts, prompt_mask, key, temperature, top
 
   def emit(logits, t, done):
     tokens, logprobs = sample_logits(jax.random.fold_in(key, t), logits, temperature=temperature,
-                                     top_k=top_k, top_p=top_p if nucleus else 1.0, greedy=greedy)
+                                     top_k=top_k, top_p=top_p if nucleus else 1.0, greedy=greedy,
+                                     banned=banned)
     return _after_eos(tokens, logprobs, done, eos_id, pad_id)
 
   first = emit(logits[:, -1], 0, jnp.zeros((b,), bool))
