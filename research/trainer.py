@@ -166,6 +166,7 @@ def write_samples(exp: Experiment, state, key, writer: MetricWriter, step: int) 
   """Sample grids (PNG), raw samples (.npz, with a JSON of what made them) and the family's
   visualizations of a data batch. Samples of other sampler settings get other file names."""
   out = {}
+  batch = next(iter(_eval_batches(exp.config)))
   if exp.config.eval.num_samples:
     samples = parallel.to_host(exp.sample(state, key))
     samples = {k: v[:exp.config.eval.num_samples] for k, v in samples.items()}
@@ -177,14 +178,12 @@ def write_samples(exp: Experiment, state, key, writer: MetricWriter, step: int) 
       out['text'] = writer.write_text(step, 'samples', texts, suffix)
     out['npz'] = writer.write_arrays(step, 'samples', samples, suffix)
     if 'points' in samples:   # 2-D toy data: generated against real points, modes marked
-      real = next(iter(_eval_batches(exp.config)))['x']
-      writer.write_images(step, {'scatter': toy_scatter(exp.config.data.name, real,
+      writer.write_images(step, {'scatter': toy_scatter(exp.config.data.name, batch['x'],
                                                         samples['points'])}, suffix)
     if out['npz']:
       write_sample_info(out['npz'], settings, step=step, seed=exp.config.seed,
                         num_samples=len(next(iter(samples.values()))),
                         params='ema' if train_state.has_ema(state) else 'raw')
-  batch = next(iter(_eval_batches(exp.config)))
   grids = parallel.to_host(exp.visualize(
       state, parallel.host_batch_to_global(batch, exp.mesh), jax.random.fold_in(key, 1)))
   writer.write_images(step, grids)

@@ -224,8 +224,11 @@ def average(paths: list[str]) -> dict:
       raise ValueError(f'--average: {missing[0]} has no row {key(row)}; average tables of the '
                        'same samplers')
     metrics = [{k: v for k, v in r.items() if isinstance(v, (int, float)) and not
-                k.endswith('_se') and k not in ('steps', 'nfe')} for r in same]
-    rows.append(dict(row, **stats.over_draws(metrics), num_runs=len(same)))
+                k.endswith('_se') and k not in ('steps', 'nfe', 'num_draws', 'num_bootstrap')}
+               for r in same]
+    means = stats.over_draws(metrics)
+    del means['num_draws']   # that is the number of runs here; each row keeps its draws
+    rows.append(dict(row, **means, num_runs=len(same)))
   steps = sorted({p['step'] for p in parts})
   return dict(parts[0], rows=rows, runs=paths, num_runs=len(parts), step=steps[0] if len(
       steps) == 1 else steps, reference_test_vs_train={})
