@@ -72,8 +72,9 @@ def parse_spec(spec: str) -> dict:
 
 def draw(config, state, mesh, spec: dict, num: int, chunk: int, key, clip_denoised=None,
          draws: int = 1):
-  """([samples [num, ...] per draw], seconds of the first draw) for one sampler spec on the
-  restored state: images, or points for 2-D data. Draw d > 0 uses the key folded with d."""
+  """([samples [num, ...] per draw], seconds of the first draw, the resolved grid) for one
+  sampler spec on the restored state: images, or points for 2-D data. Draw d > 0 uses the key
+  folded with d."""
   import jax  # pylint: disable=g-import-not-at-top
   from research import configs, parallel, trainer  # pylint: disable=g-import-not-at-top
   from research.data import datasets  # pylint: disable=g-import-not-at-top
@@ -96,7 +97,7 @@ def draw(config, state, mesh, spec: dict, num: int, chunk: int, key, clip_denois
       out.append(np.asarray(s[name])[:cfg.eval.num_samples])
     sets.append(np.concatenate(out)[:num])
     seconds = seconds or time.perf_counter() - start
-  return sets, seconds
+  return sets, seconds, exp.family.grid()
 
 
 def with_error_bars(metrics_fn, sets: list, bootstrap: int, seed: int = 0) -> dict:
@@ -125,7 +126,7 @@ def sampler_table(workdir: str, specs: list[dict], num_samples: int, max_real: i
   import jax  # pylint: disable=g-import-not-at-top
   from research import evaluate, trainer  # pylint: disable=g-import-not-at-top
   from research.data import datasets, pipeline  # pylint: disable=g-import-not-at-top
-  from research.diffusion import family, samplers  # pylint: disable=g-import-not-at-top
+  from research.diffusion import samplers  # pylint: disable=g-import-not-at-top
   from research.evaluation import features  # pylint: disable=g-import-not-at-top
   from research.evaluation import sample_quality as sq  # pylint: disable=g-import-not-at-top
   with open(os.path.join(workdir, 'config.json')) as f:
@@ -161,14 +162,11 @@ def sampler_table(workdir: str, specs: list[dict], num_samples: int, max_real: i
 
   rows = []
   for spec in specs:
-    sets, seconds = draw(config, state, exp.mesh, spec, num_samples, chunk, sample_key,
-                         clip_denoised, draws)
+    sets, seconds, grid = draw(config, state, exp.mesh, spec, num_samples, chunk, sample_key,
+                               clip_denoised, draws)
     if not toy:
       sets = [feature_fn(x) for x in sets]
     nfe = samplers.nfe(spec['name'], spec['steps'])
-    cfg = config.copy_and_resolve_references()
-    cfg.sampler.name, cfg.sampler.grid = spec['name'], spec['grid']
-    grid = family.Diffusion(cfg).grid() if spec['grid'] == 'auto' else spec['grid']
     row = dict(spec, grid=grid, nfe=nfe, seconds=seconds, nfe_per_s=nfe * num_samples / seconds,
                **with_error_bars(quality, sets, bootstrap))
     rows.append(row)
