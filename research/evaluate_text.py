@@ -42,10 +42,11 @@ def heldout(config, workdir: str, num_draws: int) -> dict:
 
 
 def sample_metrics(texts: list[str], tokens: list[list[int]], train_text: str,
-                   true_reward=None) -> dict:
+                   true_reward=None, grams: set[str] | None = None) -> dict:
   """One draw of decoded samples (and their token ids): diversity, repetition, length,
-  memorization against `train_text`, and `true_reward(texts)` if given."""
-  overlaps = memorization.text_overlaps(texts, train_text, MIN_OVERLAP)
+  memorization against `train_text` (`grams`: its MIN_OVERLAP-grams, built once per run), and
+  `true_reward(texts)` if given."""
+  overlaps = memorization.text_overlaps(texts, train_text, MIN_OVERLAP, grams)
   out = {'distinct_1': text_metrics.distinct_n(texts, 1),
          'distinct_2': text_metrics.distinct_n(texts, 2),
          'repetition_4': text_metrics.mean_repetition_rate(tokens, 4),
@@ -73,11 +74,12 @@ def evaluate_text_run(workdir: str, config, num_samples: int = 0, tag: str | Non
                                                   ('tokens', 'mask'), tag, num_draws)
   family = configs.family_class(config.family)(sample_sets.with_settings(config, made_by))
   train = text.train_text(config.data)
+  grams, true_reward = memorization.text_kgrams(train, MIN_OVERLAP), _true_reward(config)
   per_draw, examples = [], []
   for d in draws:
     texts = family.sample_text(d)
     tokens = [t[m > 0].tolist() for t, m in zip(np.asarray(d['tokens']), np.asarray(d['mask']))]
-    per_draw.append(sample_metrics(texts, tokens, train, _true_reward(config)))
+    per_draw.append(sample_metrics(texts, tokens, train, true_reward, grams))
     examples = examples or texts[:3]
   result = {'step': step, 'samples': made_by, 'num_samples': len(draws[0]['tokens']),
             'num_draws': len(draws), 'heldout': held, 'metrics': stats.over_draws(per_draw),

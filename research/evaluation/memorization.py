@@ -112,7 +112,14 @@ def save_worst_offenders_png(path: str, fake_images, train_images, report: dict,
   return worst
 
 
-def text_overlaps(samples, train_text: str, min_len: int = 10) -> np.ndarray:
+def text_kgrams(train_text: str, k: int) -> set[str]:
+  """Every k-character substring of the training text (for `text_overlaps(grams=...)`: build
+  it once when scoring several sets of samples against one text)."""
+  return {train_text[i:i + k] for i in range(len(train_text) - k + 1)}
+
+
+def text_overlaps(samples, train_text: str, min_len: int = 10,
+                  grams: set[str] | None = None) -> np.ndarray:
   """Per sample: the length (characters) of its longest span found verbatim in `train_text`,
   0 when no span of `min_len` or more is. One pass per sample: the match starting at i + 1 is
   at least the one at i minus a character, so each position extends the previous match (a
@@ -121,7 +128,7 @@ def text_overlaps(samples, train_text: str, min_len: int = 10) -> np.ndarray:
   if min_len < 1:
     raise ValueError(f'min_len must be >= 1, got {min_len}')
   k = min_len
-  grams = {train_text[i:i + k] for i in range(len(train_text) - k + 1)}
+  grams = text_kgrams(train_text, k) if grams is None else grams
   out = np.zeros(len(samples), np.int64)
   for j, s in enumerate(samples):
     best = length = 0
