@@ -154,6 +154,23 @@ def test_split_by_whole_plays(data_dir, plays):
   assert text.train_text(c) == '\n'.join(t for _, t in train)
 
 
+def test_tail_split_is_the_last_contiguous_tenth(data_dir, plays):
+  """nanoGPT's split of our corpus: the plays as one text, the last 10% of characters held out."""
+  c = _cfg(data_dir, name='shakespeare_tail')
+  (_, train), = text.documents(c, 'train')
+  (_, test), = text.documents(c, 'test')
+  whole = '\n'.join(plays[n] for n in sorted(plays))
+  assert train + test == whole                                   # contiguous, nothing dropped
+  assert len(train) == int(0.9 * len(whole))                     # nanoGPT's int(n * 0.9) cut
+  assert whole.endswith(plays['winters_tale']) and test.endswith(plays['winters_tale'])
+  assert text.train_text(c) == train                             # the tokenizer never sees test
+  # One document per split: the stream is BOS text EOS, and every held-out token is scored once.
+  tok = text.tokenizer(c)
+  stream = text.token_stream(c, 'test')
+  assert stream[0] == tok.bos_id and stream[-1] == tok.eos_id and len(stream) == len(test) + 2
+  assert datasets.info(c).num_eval == -(-(len(stream) - 1) // 64)
+
+
 def test_tokenizer_is_cached_next_to_the_data(data_dir, monkeypatch):
   c = _cfg(data_dir, tokenizer='char')
   tok = text.tokenizer(c)

