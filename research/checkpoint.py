@@ -11,9 +11,11 @@ another process count too, with the data order restarting: data positions are pe
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import threading
 from typing import Any
 
 import flax.serialization
@@ -165,30 +167,81 @@ def transfer_params(target: Any, source: dict, param_map: str = '') -> tuple[Any
 # Preemption
 
 
+class Preempted(Exception):
+  """A preemption signal arrived during a phase that stops between its calls (eval batches)."""
+
+
 class PreemptionGuard:
-  """SIGTERM/SIGINT (TPU VM preemption, Ctrl-C) -> a flag the loop checks at step boundaries,
-  so the run saves a checkpoint and exits 0 instead of dying mid-step."""
+  """SIGTERM/SIGINT (TPU VM preemption, Ctrl-C) -> a flag the loop checks at step boundaries
+  and between eval batches, so the run saves a checkpoint and exits 0 instead of dying mid-step.
+
+  A Python signal handler runs only when the main thread next executes Python, which a long
+  compiled call (a 1000-step sampler) can delay by minutes. So the guard also has the C-level
+  handler write each signal to a pipe (`signal.set_wakeup_fd`) that a watcher thread reads at
+  once: inside `exit_on_signal(callback)` -- a phase whose step is already checkpointed -- the
+  watcher calls `callback` (which waits for the save and ends the process) within the signal's
+  arrival, whatever the main thread is doing.
+  """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.requested = False
     self._previous = {}
+    self._on_signal = None
+    self._pipe = None
+    self._old_wakeup = None
+    self._watcher = None
 
   def _handler(self, signum, frame):
     del frame
-    logging.warning('received signal %d: checkpointing at the next step boundary', signum)
+    if not self.requested:
+      logging.warning('received signal %d: checkpointing at the next step boundary', signum)
     self.requested = True
+
+  def _watch(self, fd: int):
+    while data := os.read(fd, 64):
+      if any(b in {int(s) for s in self.SIGNALS} for b in data):
+        self.requested = True
+        if (callback := self._on_signal) is not None:
+          callback()
+
+  @contextlib.contextmanager
+  def exit_on_signal(self, callback):
+    """Within the block a signal calls `callback()` at once, from the watcher thread."""
+    self._on_signal = callback
+    try:
+      yield
+    finally:
+      self._on_signal = None
 
   def __enter__(self):
     for s in self.SIGNALS:
       try:
         self._previous[s] = signal.signal(s, self._handler)
       except ValueError:  # not the main thread (e.g. inside some test runners): no handler
-        pass
+        return self
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+      self._old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except ValueError:
+      os.close(r), os.close(w)
+      return self
+    self._pipe = (r, w)
+    self._watcher = threading.Thread(target=self._watch, args=(r,), daemon=True,
+                                     name='preemption-watcher')
+    self._watcher.start()
     return self
 
   def __exit__(self, *exc):
+    if self._pipe is not None:
+      signal.set_wakeup_fd(self._old_wakeup)
+      r, w = self._pipe
+      os.close(w)                 # the watcher's read returns b'': it ends
+      self._watcher.join(timeout=5)
+      os.close(r)
+      self._pipe = None
     for s, h in self._previous.items():
       signal.signal(s, h)
     return False

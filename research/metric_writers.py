@@ -124,6 +124,11 @@ class MetricWriter:
       with open(os.path.join(self.workdir, name), 'w') as f:
         json.dump(obj, f, indent=2, sort_keys=True, default=_scalar)
 
+  def flush(self) -> None:
+    if self.is_main:
+      self._jsonl.flush()
+      self._tb.flush()
+
   def close(self) -> None:
     if self.is_main:
       self._tb.close()

@@ -133,24 +133,33 @@ def stale_ema_warning(metrics: dict, step: int, decay: float) -> str | None:
   return None
 
 
-def evaluate(exp: Experiment, state, key) -> dict:
+def evaluate(exp: Experiment, state, key, stop: Callable[[], bool] | None = None) -> dict:
   """Per-example eval metrics averaged over the whole eval split (padding dropped), then the
   family's host-side eval. With an EMA (and `eval.compare_raw`) the per-example metrics are
-  also computed on the raw parameters (`raw_*`), with a warning when the EMA is far worse."""
-  metrics = _split_means(exp, state, key)
+  also computed on the raw parameters (`raw_*`), with a warning when the EMA is far worse.
+  `stop()` is asked before every eval batch; when true, `checkpoint.Preempted` is raised."""
+  metrics = _split_means(exp, state, key, stop)
   if exp.config.eval.compare_raw and train_state.has_ema(state):
-    raw = _split_means(exp, train_state.raw_params_view(state), key)
+    raw = _split_means(exp, train_state.raw_params_view(state), key, stop)
     metrics |= {f'raw_{k}': v for k, v in raw.items() if k != 'num_examples'}
     step = int(parallel.to_host(state.step))
     if warning := stale_ema_warning(metrics, step, exp.config.optimizer.ema_decay):
       logging.warning(warning)
-  return metrics | exp.family.host_eval(state, _eval_batches(exp.config), key)
+  return metrics | exp.family.host_eval(state, _stoppable(_eval_batches(exp.config), stop), key)
 
 
-def _split_means(exp: Experiment, state, key) -> dict:
+def _stoppable(batches, stop: Callable[[], bool] | None):
+  """The batches, asking `stop()` before each one (raising `checkpoint.Preempted`)."""
+  for batch in batches:
+    if stop is not None and stop():
+      raise ckpt_lib.Preempted()
+    yield batch
+
+
+def _split_means(exp: Experiment, state, key, stop=None) -> dict:
   """`eval_step`'s per-example metrics averaged over the eval split, and `finalize_eval`'s."""
   sums, count = {}, 0.0
-  for i, batch in enumerate(_eval_batches(exp.config)):
+  for i, batch in enumerate(_stoppable(_eval_batches(exp.config), stop)):
     out, mask = exp.eval_step(state, parallel.host_batch_to_global(batch, exp.mesh),
                               jax.random.fold_in(key, i))
     out, mask = parallel.to_host((out, mask))
@@ -269,8 +278,11 @@ def _stop_nonfinite(what: str, config, ckpt, writer, workdir: str):
   raise NonFiniteError(f'{what}; stopped without saving ({saved}); {fix}')
 
 
-def _meta(config, step: int) -> dict:
-  return {'step': step, 'config': json.loads(config.to_json_best_effort())}
+def _meta(config, step: int, pending: list[str]) -> dict:
+  """A checkpoint's JSON: its step, the config, and the phases (eval, sample) of this step a
+  preemption left undone, which a resumed run does first."""
+  return {'step': step, 'config': json.loads(config.to_json_best_effort()),
+          'pending': list(pending)}
 
 
 def _transfer(exp: Experiment, state):
@@ -311,9 +323,12 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=t.keep_checkpoints,
                                best_metric=config.eval.best_metric,
                                best_mode=config.eval.best_mode, async_save=t.async_checkpoints)
+  redo = []
   if ckpt.latest_step() is not None:
     state, train_key = ckpt.restore(None, state, train_key, data_iter)
-    logging.info('resumed from step %d in %s', int(state.step), workdir)
+    redo = ckpt.read_meta().get('pending', [])
+    logging.info('resumed from step %d in %s%s', int(state.step), workdir,
+                 f' (redoing its {" and ".join(redo)})' if redo else '')
   else:
     if config.init_from.workdir:
       state = _transfer(exp, state)
@@ -332,8 +347,58 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
   pending, train_metrics, eval_metrics, rates = [], {}, {}, {}
   start_time, start_step, preempted = time.perf_counter(), step, False
+
+  def summary(preempted: bool) -> dict:
+    elapsed = time.perf_counter() - start_time
+    return {'step': step, 'train': train_metrics, 'eval': eval_metrics, 'preempted': preempted,
+            'wall_time_s': elapsed, 'steps_per_sec': (step - start_step) / max(elapsed, 1e-9),
+            'num_params': int(n_params), 'num_devices': exp.num_devices}
+
+  def save(todo: list[str], metrics: dict | None = None) -> None:
+    """Checkpoints this step; `todo` names the phases (eval, sample) a resume must redo."""
+    if ckpt.latest_step() != step:   # a resumed step's redone phases: already saved
+      ckpt.save(step, state, train_key, data_iter, _meta(config, step, todo), metrics=metrics)
+
+  def exit_preempted() -> None:
+    """A signal during sampling (its step already saved): wait for the save, then end now."""
+    logging.warning('preempted during sampling at step %d: checkpoint saved; exiting (rerun the '
+                    'same command to resume: the samples are redone)', step)
+    ckpt.wait()
+    writer.write_json('final_metrics.json', summary(True))
+    writer.flush()
+    os._exit(0)  # pylint: disable=protected-access
+
+  def phases(do_eval: bool, do_sample: bool) -> tuple[dict | None, bool, bool]:
+    """Eval and sampling at this step, preemption-safe: (eval metrics, preempted, saved)."""
+    todo = [p for p, on in (('eval', do_eval), ('sample', do_sample)) if on]
+    if not todo:
+      return None, False, False
+    stop = lambda: parallel.any_host(guard.requested)
+    if stop():   # a notice gives seconds and these phases can take minutes: save first
+      save(todo)
+      return None, True, True
+    logging.info('step %d: %s', step, ' and '.join(todo))
+    evaluated = None
+    if do_eval:
+      try:
+        evaluated = evaluate(exp, state, eval_key, stop=stop)
+      except ckpt_lib.Preempted:
+        save(todo)
+        return None, True, True
+      writer.write_scalars(step, evaluated, 'eval')
+      logging.info('eval at step %d: %s', step, evaluated)
+    if do_sample:   # saved first: a signal during a long sampler call then ends the run at once
+      save(['sample'], evaluated)
+      with guard.exit_on_signal(exit_preempted):
+        write_samples(exp, state, sample_key, writer, step)
+      return evaluated, stop(), True
+    return evaluated, False, False
+
   with ckpt_lib.PreemptionGuard() as guard:
-    while step < t.num_steps:
+    if redo:   # the phases a preempted run left undone at its last step
+      evaluated, preempted, _ = phases('eval' in redo, 'sample' in redo)
+      eval_metrics = evaluated or eval_metrics
+    while step < t.num_steps and not preempted:
       batch = next(data_iter)
       if cur is not None:
         batch = exp.family.apply_curriculum(batch, cur(step))
@@ -357,34 +422,23 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         if bad:
           _stop_nonfinite(bad, config, ckpt, writer, workdir)
         pending = []
-      evaluated = None
       do_eval = step % t.eval_every == 0 or last
       do_sample = step % t.sample_every == 0 or last
-      if do_eval or do_sample:
-        # A preemption notice gives seconds, and eval or sampling can take minutes: save first.
-        preempted = parallel.any_host(guard.requested)
-        do_eval, do_sample = do_eval and not preempted, do_sample and not preempted
       # Also before eval/sampling: host-side metrics may fail obscurely on a NaN state.
       checked = t.stop_on_nonfinite and (do_eval or do_sample)
       if checked and (bad := _nonfinite(state, pending, step, t.divergence_limit)):
         _stop_nonfinite(bad, config, ckpt, writer, workdir)
-      if do_eval:
-        eval_metrics = evaluate(exp, state, eval_key)
-        writer.write_scalars(step, eval_metrics, 'eval')
-        logging.info('eval at step %d: %s', step, eval_metrics)
-        evaluated = eval_metrics
-      if do_sample:
-        write_samples(exp, state, sample_key, writer, step)
+      evaluated, preempted, saved = phases(do_eval, do_sample)
+      eval_metrics = evaluated or eval_metrics
       preempted = preempted or parallel.any_host(guard.requested)
-      if step % t.checkpoint_every == 0 or last or preempted:
+      if not saved and (step % t.checkpoint_every == 0 or last or preempted):
         bad = (t.stop_on_nonfinite and not checked
                and _nonfinite(state, pending, step, t.divergence_limit))
         if bad:
           _stop_nonfinite(bad, config, ckpt, writer, workdir)
-        ckpt.save(step, state, train_key, data_iter, _meta(config, step), metrics=evaluated)
-      if preempted:
-        logging.warning('preempted: saved step %d; rerun the same command to resume', step)
-        break
+        save([], evaluated)
+    if preempted:
+      logging.warning('preempted: saved step %d; rerun the same command to resume', step)
   if not eval_metrics and not preempted and step >= t.num_steps:
     # Resumed from the final checkpoint (e.g. killed after saving it): the final metrics still
     # report the eval of the finished run.
@@ -392,10 +446,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     writer.write_scalars(step, eval_metrics, 'eval')
   ckpt.wait()
   ckpt.close()
-  elapsed = time.perf_counter() - start_time
-  final = {'step': step, 'train': train_metrics, 'eval': eval_metrics, 'preempted': preempted,
-           'wall_time_s': elapsed, 'steps_per_sec': (step - start_step) / max(elapsed, 1e-9),
-           'num_params': int(n_params), 'num_devices': exp.num_devices}
+  final = summary(preempted)
   writer.write_json('final_metrics.json', final)
   writer.close()
   return final

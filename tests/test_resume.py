@@ -46,21 +46,34 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path):
   assert any(l['step'] == 20 and l['split'] == 'train' for l in lines)
 
 
-def test_a_preempted_step_skips_its_eval_and_samples(tmp_path):
+def _evals(workdir) -> dict:
+  lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  return {l['step']: {k: v for k, v in l.items() if 'per_sec' not in k}
+          for l in lines if l['split'] == 'eval'}
+
+
+def test_a_preempted_step_defers_its_eval_and_samples_to_the_resumed_run(tmp_path):
   """The signal arrives before an eval/sample step: the run saves and stops without spending
-  the preemption's grace period on them; the resumed run evaluates."""
+  the preemption's grace period on them; the resumed run does them first, so its log and
+  samples equal an uninterrupted run's."""
   config = helpers.tiny_digits(num_steps=20, checkpoint_every=100, eval_every=10,
                                sample_every=10)
-  first = _run(config, str(tmp_path), [], kill_at=10)
+  straight, cut = str(tmp_path / 'a'), str(tmp_path / 'b')
+  _run(config, straight, [])
+  first = _run(config, cut, [], kill_at=10)
   assert first['preempted'] and first['step'] == 10 and not first['eval']
-  lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
-  assert not [l for l in lines if l['split'] == 'eval']
-  assert not list(tmp_path.glob('samples/*_0000010.*'))
-  second = _run(config, str(tmp_path), [])
+  assert not _evals(cut)
+  assert not list((tmp_path / 'b').glob('samples/*_0000010.*'))
+  ckpt = checkpoint.Checkpointer(os.path.join(cut, 'checkpoints'), read_only=True)
+  assert ckpt.read_meta(10)['pending'] == ['eval', 'sample']
+  ckpt.close()
+  second = _run(config, cut, [])
   assert second['step'] == 20 and second['eval']
-  lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
-  assert sorted(l['step'] for l in lines if l['split'] == 'eval') == [20]
-  assert list(tmp_path.glob('samples/*_0000020.*'))
+  assert _evals(cut) == _evals(straight) and sorted(_evals(cut)) == [10, 20]
+  for f in sorted((tmp_path / 'a' / 'samples').glob('*.npz')):
+    a, b = np.load(f), np.load(tmp_path / 'b' / 'samples' / f.name)
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
 
 
 def test_restore_onto_a_different_device_count(tmp_path):
