@@ -105,6 +105,9 @@ def common_defaults() -> ml_collections.ConfigDict:
   c.train.stop_on_nonfinite = True  # NaN/inf metrics or state: stop with one line, never save them
   c.train.divergence_limit = 0.0    # with stop_on_nonfinite: also stop when a logged *loss* metric
                                     # exceeds this magnitude (a finite blow-up); 0 = off
+  c.train.divergence_factor = 1000.0  # with stop_on_nonfinite: also stop when the logged `loss`
+                                    # exceeds this many times its median over the earlier log
+                                    # steps (a positive loss blowing up); 0 = off
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 500         # global eval batch; the last batch is padded and masked
@@ -286,6 +289,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     require(t[name] > 0, f'train.{name}', t[name], 'must be > 0')
   require(t.divergence_limit >= 0, 'train.divergence_limit', t.divergence_limit,
           'must be >= 0 (0 = off)')
+  require(t.divergence_factor == 0 or t.divergence_factor > 1, 'train.divergence_factor',
+          t.divergence_factor, 'must be > 1 (or 0 = off)')
   e = config.eval
   require(e.batch_size > 0 and e.batch_size % num_devices == 0, 'eval.batch_size', e.batch_size,
           f'must be > 0 and divide by the {num_devices} devices')

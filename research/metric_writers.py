@@ -37,6 +37,26 @@ def _scalar(v):
   return v.item() if v.size == 1 else v.tolist()
 
 
+def strict_json(obj, path: str = '') -> tuple:
+  """(obj with numpy values as Python ones and NaN/inf floats as None, [dotted paths of those])."""
+  if isinstance(obj, dict):
+    out, bad = {}, []
+    for k, v in obj.items():
+      out[k], b = strict_json(v, f'{path}.{k}' if path else str(k))
+      bad += b
+    return out, bad
+  if isinstance(obj, (list, tuple)):
+    pairs = [strict_json(v, f'{path}[{i}]') for i, v in enumerate(obj)]
+    return [v for v, _ in pairs], [p for _, b in pairs for p in b]
+  if isinstance(obj, (np.ndarray, np.generic)):
+    return strict_json(_scalar(obj), path)
+  if isinstance(obj, float) and not np.isfinite(obj):
+    return None, [path]
+  if obj is None or isinstance(obj, (str, int, float, bool)):
+    return obj, []
+  return str(obj), []
+
+
 class MetricWriter:
   """One writer per run; `workdir` layout: tb/, metrics.jsonl, samples/."""
 
@@ -120,9 +140,13 @@ class MetricWriter:
     return path
 
   def write_json(self, name: str, obj: dict) -> None:
+    """Strict JSON: NaN/inf become null, their dotted paths listed under 'nonfinite'."""
     if self.is_main:
+      obj, bad = strict_json(obj)
+      if bad:
+        obj['nonfinite'] = bad
       with open(os.path.join(self.workdir, name), 'w') as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=_scalar)
+        json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False)
 
   def flush(self) -> None:
     if self.is_main:

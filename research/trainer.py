@@ -252,6 +252,43 @@ def _nonfinite_metrics(host: list[dict], first_step: int, limit: float = 0.0) ->
   return None
 
 
+# Blow-up check: each step's train `loss` against the median of the earlier steps' losses, once
+# there are this many of them (and that median is positive); the median covers the last
+# BLOW_UP_HISTORY steps.
+BLOW_UP_MIN_STEPS = 20
+BLOW_UP_HISTORY = 10_000
+
+
+def blow_up(history: list[float], losses: list[float], first_step: int,
+            factor: float) -> str | None:
+  """'diverged training ...' for the first of `losses` (steps first_step, first_step + 1, ...)
+  that exceeds `factor` x the median of `history` (the earlier steps' losses), else None: a
+  finite divergence, e.g. a too-high learning rate taking a loss of 30 to 1e8, which the NaN
+  checks do not see until it overflows."""
+  if not factor or len(history) < BLOW_UP_MIN_STEPS:
+    return None
+  median = float(np.median(history[-BLOW_UP_HISTORY:]))
+  for i, loss in enumerate(losses):
+    if median > 0 and loss > factor * median:
+      return (f'diverged training at step {first_step + i}: loss={loss:.4g} is '
+              f'{loss / median:.3g}x the median {median:.4g} of the earlier steps '
+              f'(train.divergence_factor={factor:g}; 0 turns the check off)')
+  return None
+
+
+# Eval metrics that a healthy model never reports as NaN/inf (their names contain one of these).
+_MUST_BE_FINITE = ('loss', 'nll', 'elbo', 'bpd', 'bits', 'perplexity')
+
+
+def nonfinite_eval(metrics: dict, step: int) -> str | None:
+  """'non-finite eval at step S: loss=nan, ...' for NaN/inf losses and likelihoods, else None."""
+  bad = sorted(k for k, v in metrics.items() if any(w in k for w in _MUST_BE_FINITE)
+               and isinstance(v, (int, float, np.floating)) and not np.isfinite(v))
+  if bad:
+    return f'non-finite eval at step {step}: ' + ', '.join(f'{k}={metrics[k]}' for k in bad)
+  return None
+
+
 def _nonfinite(state, pending: list, step: int, limit: float = 0.0) -> str | None:
   """Before state is evaluated, sampled or saved: the not-yet-logged metrics, then the state."""
   if pending:  # only transferred at log steps otherwise
@@ -345,7 +382,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   logging.info('%s: %d parameters, %d devices (mesh %s), global batch %d', config.family,
                n_params, exp.num_devices, dict(exp.mesh.shape), t.batch_size)
 
-  pending, train_metrics, eval_metrics, rates = [], {}, {}, {}
+  pending, train_metrics, eval_metrics, rates, losses = [], {}, {}, {}, []
   start_time, start_step, preempted = time.perf_counter(), step, False
 
   def summary(preempted: bool) -> dict:
@@ -387,6 +424,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         return None, True, True
       writer.write_scalars(step, evaluated, 'eval')
       logging.info('eval at step %d: %s', step, evaluated)
+      if t.stop_on_nonfinite and (bad := nonfinite_eval(evaluated, step)):
+        _stop_nonfinite(bad, config, ckpt, writer, workdir)
     if do_sample:   # saved first: a signal during a long sampler call then ends the run at once
       save(['sample'], evaluated)
       with guard.exit_on_signal(exit_preempted):
@@ -419,6 +458,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         writer.write_scalars(step, train_metrics | rates, 'train')  # NaNs logged, then stop
         bad = t.stop_on_nonfinite and _nonfinite_metrics(host, step - len(host) + 1,
                                                              t.divergence_limit)
+        if t.stop_on_nonfinite and not bad and 'loss' in host[0]:
+          window = [float(np.mean(m['loss'])) for m in host]
+          bad = blow_up(losses, window, step - len(host) + 1, t.divergence_factor)
+          losses = (losses + window)[-BLOW_UP_HISTORY:]
         if bad:
           _stop_nonfinite(bad, config, ckpt, writer, workdir)
         pending = []

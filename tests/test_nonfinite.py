@@ -63,3 +63,59 @@ def test_cli_reports_one_line_and_exits_1(tmp_path):
   errors = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
   assert len(errors) == 1 and errors[0].startswith('error: non-finite training at step ')
   assert 'no checkpoint yet' in errors[0] and 'Traceback' not in proc.stderr
+
+
+def _warmup_to(lr: float, **train):
+  """vae_digits warming up linearly to `lr` over 250 steps: at lr 3 the loss goes from ~500 to
+  1e10 while staying finite, and overflows to inf some 40 steps later."""
+  c = helpers.tiny_digits(num_steps=200, log_every=50, **train)
+  c.optimizer.lr = lr
+  c.optimizer.schedule.name = 'warmup_linear'
+  c.optimizer.schedule.warmup_steps = 250
+  c.optimizer.schedule.decay_steps = 500
+  c.eval.iwae_k = 4
+  return c
+
+
+def test_a_finite_blow_up_stops_before_it_overflows(tmp_path):
+  with pytest.raises(trainer.NonFiniteError) as info:
+    trainer.train(_warmup_to(3.0), str(tmp_path / 'a'))
+  m = re.match(r'diverged training at step (\d+): loss=(\S+) is (\S+)x the median (\S+) of the '
+               r'earlier steps \(train.divergence_factor=1000; 0 turns the check off\); stopped '
+               r'without saving', str(info.value))
+  assert m, str(info.value)
+  assert float(m[2]) > 1000 * float(m[4]) and math.isfinite(float(m[2]))
+  # Without the check the same run trains on with a finite loss of ~1e10 until the eval at its
+  # last step overflows to NaN (which, since that is divergence too, also stops it).
+  with pytest.raises(trainer.NonFiniteError) as late:
+    trainer.train(_warmup_to(3.0, divergence_factor=0.0), str(tmp_path / 'b'))
+  n = re.match(r'non-finite (?:training|eval) at step (\d+)', str(late.value))
+  assert n and int(n[1]) > int(m[1]), str(late.value)
+
+
+def test_blow_up_rule():
+  history = list(np.linspace(500, 30, 100))          # a healthy, falling loss: median 265
+  assert trainer.blow_up(history, [25.0, 40.0, 2e5], 101, 1000) is None
+  assert trainer.blow_up(history, [25.0, 3e5, 1e9], 101, 1000).startswith(
+      'diverged training at step 102: loss=3e+05 is')
+  assert trainer.blow_up(history[:19], [1e9], 20, 1000) is None   # too few steps yet
+  assert trainer.blow_up(history, [1e9], 101, 0) is None          # off
+  assert trainer.blow_up([-1.0] * 50, [1e9], 51, 1000) is None    # a loss that is not positive
+
+
+def test_nan_eval_is_divergence(tmp_path, monkeypatch):
+  assert trainer.nonfinite_eval({'loss': 1.0, 'fid': float('nan')}, 5) is None
+  assert trainer.nonfinite_eval({'neg_elbo': float('nan'), 'iwae_nll': float('inf')}, 5) == (
+      'non-finite eval at step 5: iwae_nll=inf, neg_elbo=nan')
+  monkeypatch.setattr(trainer, 'evaluate', lambda *a, **k: {'neg_elbo': float('nan')})
+  with pytest.raises(trainer.NonFiniteError, match=r'^non-finite eval at step 10: neg_elbo=nan;'):
+    trainer.train(helpers.tiny_digits(num_steps=20, eval_every=10), str(tmp_path))
+
+
+def test_final_metrics_are_strict_json(tmp_path):
+  import json
+  trainer.train(_diverging(stop_on_nonfinite=False), str(tmp_path))
+  text = open(tmp_path / 'final_metrics.json').read()
+  final = json.loads(text, parse_constant=lambda c: pytest.fail(f'{c} in final_metrics.json'))
+  assert final['train']['loss'] is None and 'train.loss' in final['nonfinite']
+  assert final['step'] == 12
