@@ -12,9 +12,12 @@ another process count too, with the data order restarting: data positions are pe
 from __future__ import annotations
 
 import contextlib
+import datetime
+import fcntl
 import os
 import re
 import signal
+import socket
 import threading
 from typing import Any
 
@@ -165,6 +168,40 @@ def transfer_params(target: Any, source: dict, param_map: str = '') -> tuple[Any
 
 # ---------------------------------------------------------------------------------------------
 # Preemption
+
+
+class WorkdirInUse(Exception):
+  """Another live process trains in this workdir (it holds WORKDIR/.lock)."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+  """Holds an exclusive lock on WORKDIR/.lock (process 0 of a run) while training, so two runs
+  never write one workdir. The kernel drops the lock when its process dies, however it dies
+  (SIGKILL, a preempted VM), so a stale lock never blocks a rerun."""
+  if jax.process_index() != 0:
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  f = open(os.path.join(workdir, '.lock'), 'a+')
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    f.seek(0)
+    holder = f.read().strip() or 'another process'
+    f.close()
+    raise WorkdirInUse(f'--workdir={workdir} is in use by another run ({holder}); wait for it '
+                       'to end, or stop it, or pick another --workdir') from None
+  f.seek(0)
+  f.truncate()
+  f.write(f'pid {os.getpid()} on {socket.gethostname()} since '
+          f'{datetime.datetime.now().isoformat(timespec="seconds")}\n')
+  f.flush()
+  try:
+    yield
+  finally:
+    fcntl.flock(f, fcntl.LOCK_UN)
+    f.close()
 
 
 class Preempted(Exception):

@@ -57,13 +57,13 @@ def main(argv):
     parallel.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
   elif FLAGS.distributed:
     parallel.initialize_distributed()
-  from research import trainer  # after distributed start-up, like everything that uses devices
+  from research import checkpoint, trainer  # after distributed start-up (they use devices)
   try:
     run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.step)
   except configs.ConfigError as e:
     print(f'config error: {e}', file=sys.stderr)
     sys.exit(2)
-  except FileNotFoundError as e:
+  except (FileNotFoundError, checkpoint.WorkdirInUse) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except trainer.NonFiniteError as e:  # a diverged run, not a bug: no traceback

@@ -16,21 +16,17 @@ From Python: `summarize(workdir)` aggregates the finished seed_<k> runs under a 
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import re
-import shlex
-import signal
-import subprocess
 import sys
-import time
 from typing import Sequence
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from research import launch
 from research.evaluation.stats import mean_se  # noqa: F401  (research.seeds.mean_se)
+from research.launch import finished, read_json
 
 FLAGS = flags.FLAGS
 
@@ -51,10 +47,7 @@ def _define_flags():
                      'it checkpoints, so a rerun resumes it); 0 = none.')
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GRACE_S = 120.0  # after a timeout's SIGTERM, time to checkpoint before SIGKILL
 _raw_argv: list[str] = []
-_ERROR_LINE = re.compile(r'^((config |flag )?error: |[\w.]*(Error|Exception|Interrupt)\b)')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,26 +56,6 @@ _ERROR_LINE = re.compile(r'^((config |flag )?error: |[\w.]*(Error|Exception|Inte
 
 def seed_dir(workdir: str, seed: int) -> str:
   return os.path.join(workdir, f'seed_{seed}')
-
-
-def _read_json(path: str) -> dict | None:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
-def finished(run_dir: str, num_steps: int | None = None) -> bool:
-  """Whether the run in `run_dir` reached `num_steps` (default: its own config.json's) and was
-  not preempted."""
-  final = _read_json(os.path.join(run_dir, 'final_metrics.json'))
-  if final is None or final.get('preempted'):
-    return False
-  if num_steps is None:
-    config = _read_json(os.path.join(run_dir, 'config.json')) or {}
-    num_steps = config.get('train', {}).get('num_steps')
-  return num_steps is not None and final.get('step') == num_steps
 
 
 def _is_number(v) -> bool:
@@ -121,7 +94,7 @@ def summarize(workdir: str, metrics: Sequence[str] | None = None,
     seeds = sorted(int(d[5:]) for d in os.listdir(workdir)
                    if d.startswith('seed_') and d[5:].lstrip('-').isdigit())
   done = [k for k in seeds if finished(seed_dir(workdir, k))]
-  finals = {k: _read_json(os.path.join(seed_dir(workdir, k), 'final_metrics.json')) for k in done}
+  finals = {k: read_json(os.path.join(seed_dir(workdir, k), 'final_metrics.json')) for k in done}
   if not metrics:
     names = {}  # ordered union over seeds
     for final in finals.values():
@@ -214,99 +187,21 @@ def format_table(summary: dict, failures: dict | None = None, title: str = '') -
 # Running the seeds
 
 
-def _last_line(path: str) -> str:
-  try:
-    with open(path, 'rb') as f:
-      f.seek(max(0, os.path.getsize(path) - 65536))
-      tail = f.read().decode('utf-8', 'replace')
-  except OSError:
-    return ''
-  lines = [l.strip() for l in tail.splitlines() if l.strip()]
-  # The error, not the interpreter's shutdown warnings after it: research.main's one-line
-  # errors, or a traceback's last line ('ValueError: ...').
-  errors = [l for l in lines if _ERROR_LINE.match(l)]
-  return (errors or lines or [''])[-1][:300]
-
-
-def _child_env(parallel: int) -> dict:
-  env = dict(os.environ)
-  env['PYTHONPATH'] = os.pathsep.join(filter(None, [ROOT, env.get('PYTHONPATH')]))
-  if parallel > 1:  # several processes on one accelerator: share its memory instead of 75% each
-    env.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', f'{0.9 / parallel:.2f}')
-  return env
-
-
 def run_seeds(config_spec: str, overrides: Sequence[str], workdir: str, seeds: Sequence[int],
               num_steps: int, parallel: int = 1, timeout: float = 0.0) -> dict[int, dict]:
-  """Runs the unfinished seeds as research.main subprocesses; returns seed -> {'status': done |
-  skipped | failed | timeout | preempted | not run, 'exit_code', 'last_line', 'wall_s'}."""
-  results, queue, running = {}, [], {}
+  """Runs the unfinished seeds as research.main subprocesses (`research.launch`); returns
+  seed -> {'status': done | skipped | failed | timeout | preempted | not run, 'exit_code',
+  'last_line', 'wall_s'}."""
+  results, jobs = {}, []
   for k in seeds:
-    if finished(seed_dir(workdir, k), num_steps):
+    d = seed_dir(workdir, k)
+    if finished(d, num_steps):
       results[k] = {'status': 'skipped'}
       print(f'seed {k}: finished earlier, skipped', flush=True)
     else:
-      queue.append(k)
-  stopping = []
-
-  def on_signal(signum, frame):  # stop launching; let running seeds checkpoint and exit
-    del frame
-    stopping.append(signum)
-    for proc, *_ in running.values():
-      proc.send_signal(signal.SIGTERM)
-  previous = {}
-  for s in (signal.SIGTERM, signal.SIGINT):
-    try:
-      previous[s] = signal.signal(s, on_signal)
-    except ValueError:  # not the main thread: no forwarding
-      pass
-  env = _child_env(parallel)
-  try:
-    while queue or running:
-      while queue and len(running) < parallel and not stopping:
-        k = queue.pop(0)
-        d = seed_dir(workdir, k)
-        os.makedirs(d, exist_ok=True)
-        cmd = [sys.executable, '-m', 'research.main', f'--config={config_spec}',
-               f'--workdir={d}', f'--config.seed={k}', *overrides]
-        log = open(os.path.join(d, 'run.log'), 'a')
-        log.write(f'=== {datetime.datetime.now().isoformat(timespec="seconds")}: '
-                  f'{shlex.join(cmd[1:])}\n')
-        log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        running[k] = (proc, log, time.monotonic(), [None])
-        print(f'seed {k}: started (log: {os.path.join(d, "run.log")})', flush=True)
-      if stopping and queue:
-        results |= {k: {'status': 'not run'} for k in queue}
-        queue = []
-      time.sleep(0.2)
-      for k, (proc, log, start, term_at) in list(running.items()):
-        now = time.monotonic()
-        if proc.poll() is None:
-          if timeout and term_at[0] is None and now - start > timeout:
-            proc.send_signal(signal.SIGTERM)  # the harness saves at the next step, exits 0
-            term_at[0] = now
-          elif term_at[0] is not None and now - term_at[0] > GRACE_S:
-            proc.kill()
-          continue
-        log.close()
-        del running[k]
-        d = seed_dir(workdir, k)
-        if proc.returncode == 0 and finished(d, num_steps):
-          status = 'done'
-        elif term_at[0] is not None:
-          status = 'timeout'
-        elif proc.returncode == 0:
-          status = 'preempted'  # a signal reached it: checkpointed, resumes on rerun
-        else:
-          status = 'failed'
-        results[k] = {'status': status, 'exit_code': proc.returncode, 'wall_s': now - start,
-                      'last_line': _last_line(os.path.join(d, 'run.log'))}
-        print(f'seed {k}: {status} (exit {proc.returncode}, {now - start:.0f} s)'
-              + ('' if status == 'done' else f': {results[k]["last_line"]}'), flush=True)
-  finally:
-    for s, h in previous.items():
-      signal.signal(s, h)
+      jobs.append(launch.Job(k, d, (f'--config={config_spec}', f'--config.seed={k}',
+                                    *overrides), num_steps))
+  results |= launch.run(jobs, parallel, timeout, label='seed')
   return {k: results[k] for k in seeds}
 
 

@@ -17,11 +17,13 @@ experiments/vae_digits/sweep.py) whose `get_sweep()` returns a dict:
       --parallel=2 [--method=optuna --num_trials=12]
 
 Trial i runs `python -m research.main --config=... --workdir=WORKDIR/trial_i --config.F=V ...`
-in its own process, `--parallel` at a time. Each finished trial appends one line to
-WORKDIR/trials.jsonl (params, metric, status 'ok' or 'failed' with the error's last line); a
-failure is recorded and the sweep goes on. Resuming: rerunning the same command skips the
-trials recorded as 'ok', reruns the failed ones and lets interrupted ones resume from their
-checkpoints (the harness resumes any run whose workdir has one). Random trials are drawn from
+in its own process (`research/launch.py`, the launcher `research.seeds` uses too; its output in
+WORKDIR/trial_i/run.log), `--parallel` at a time. Each trial appends one line to
+WORKDIR/trials.jsonl (params, metric, status with the error's last line): 'ok' only when the
+run reached its last step; 'failed' (recorded, the sweep goes on); 'preempted', 'timeout' or
+'not run' when it was stopped first. SIGTERM or Ctrl-C to the sweep stops its running trials
+(each checkpoints) and then the sweep. Resuming: rerunning the same command skips the trials
+recorded as 'ok', reruns the failed ones and resumes the stopped ones from their checkpoints. Random trials are drawn from
 the seed, so trial i has the same parameters every time. Optuna's study lives in
 WORKDIR/optuna.db (SQLite), so TPE resumes with every finished trial's result.
 
@@ -30,21 +32,24 @@ At the end: WORKDIR/results.md (a table of every trial, best first) and WORKDIR/
 """
 from __future__ import annotations
 
-import concurrent.futures
+import collections
 import dataclasses
 import importlib.util
 import itertools
 import json
 import math
 import os
-import subprocess
 import sys
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
+from research import launch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ('grid', 'random', 'optuna')
+# Trial statuses of runs stopped before their last step: a rerun of the sweep resumes them.
+UNFINISHED = ('preempted', 'timeout', 'not run')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,34 +141,42 @@ def random_params(space: dict[str, Dist], seed: int, i: int) -> dict:
 
 
 def _flag(name: str, value) -> str:
-  return f'--config.{name}={value!r}' if isinstance(value, str) else f'--config.{name}={value}'
+  """One override argument; a string goes as it is (no shell: quotes would become part of it)."""
+  return f'--config.{name}={value}'
 
 
-def run_trial(sweep: dict, workdir: str, i: int, params: dict, python: str = sys.executable,
-              timeout_s: float | None = None) -> dict:
-  """Runs one trial as a subprocess; returns its record (never raises on a failed run)."""
-  trial_dir = os.path.join(workdir, f'trial_{i:03d}')
-  cmd = [python, '-m', 'research.main', f'--config={sweep["config"]}', f'--workdir={trial_dir}']
-  cmd += [_flag(k, v) for k, v in {**sweep['overrides'], **params}.items()]
-  record = {'trial': i, 'params': params, 'workdir': trial_dir}
-  try:
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
-    ok = proc.returncode == 0
-    error = '' if ok else (proc.stderr.strip().splitlines() or ['exit %d' % proc.returncode])[-1]
-  except subprocess.TimeoutExpired:
-    ok, error = False, f'timed out after {timeout_s} s'
-  metric = None
-  if ok:
-    try:
-      with open(os.path.join(trial_dir, 'final_metrics.json')) as f:
-        final = json.load(f)
-      split, name = sweep['metric'].split('.', 1)
-      metric = float(final[split][name])
-      if not math.isfinite(metric):
-        ok, error = False, f'{sweep["metric"]} = {metric}'
-    except (OSError, KeyError, TypeError, ValueError) as e:
-      ok, error = False, f'no {sweep["metric"]} in final_metrics.json ({e})'
-  return record | {'status': 'ok' if ok else 'failed', 'metric': metric, 'error': error}
+def _flags(sweep: dict, params: dict) -> tuple[str, ...]:
+  return (f'--config={sweep["config"]}',
+          *(_flag(k, v) for k, v in {**sweep['overrides'], **params}.items()))
+
+
+def run_trials(sweep: dict, workdir: str, trials: list[tuple[int, dict]], parallel: int = 1,
+               timeout_s: float = 0.0) -> list[dict]:
+  """Runs trials [(i, params)] as research.main subprocesses (`research.launch`), `parallel` at
+  a time; returns their records (never raises on a failed run). A trial is 'ok' only when it
+  reached its last step and reported a finite metric; a preempted one is 'preempted' (rerun:
+  it resumes)."""
+  jobs = [launch.Job(i, os.path.join(workdir, f'trial_{i:03d}'), _flags(sweep, p))
+          for i, p in trials]
+  results = launch.run(jobs, parallel, timeout_s, label='trial')
+  return [_record(sweep, job, params, results[job.key])
+          for job, (_, params) in zip(jobs, trials)]
+
+
+def _record(sweep: dict, job: launch.Job, params: dict, result: dict) -> dict:
+  record = {'trial': job.key, 'params': params, 'workdir': job.workdir}
+  status, error, metric = result['status'], result.get('last_line', ''), None
+  if status == 'done':
+    final = launch.read_json(os.path.join(job.workdir, 'final_metrics.json')) or {}
+    split, name = sweep['metric'].split('.', 1)
+    value = (final.get(split) or {}).get(name)
+    if value is None:
+      status, error = 'failed', f'no finite {sweep["metric"]} in final_metrics.json'
+    else:
+      metric, status, error = float(value), 'ok', ''
+  elif status not in ('preempted', 'timeout', 'not run'):
+    status = 'failed'
+  return record | {'status': status, 'metric': metric, 'error': error}
 
 
 def _records(workdir: str) -> dict[int, dict]:
@@ -185,9 +198,10 @@ def _append(workdir: str, record: dict) -> None:
 
 
 def run_sweep(sweep: dict, workdir: str, parallel: int = 1,
-              runner: Callable[..., dict] | None = None) -> list[dict]:
-  """Runs (or resumes) the sweep; returns every trial's record, writes results.md/.png."""
-  runner = runner or run_trial
+              runner: Callable[..., list[dict]] | None = None) -> list[dict]:
+  """Runs (or resumes) the sweep; returns every trial's record, writes results.md/.png.
+  `runner(sweep, workdir, [(i, params)], parallel)` -> records (default `run_trials`)."""
+  runner = runner or run_trials
   os.makedirs(workdir, exist_ok=True)
   done = {i: r for i, r in _records(workdir).items() if r['status'] == 'ok'}
   space, method = sweep['space'], sweep['method']
@@ -197,10 +211,8 @@ def run_sweep(sweep: dict, workdir: str, parallel: int = 1,
     trials = (grid(space) if method == 'grid' else
               [random_params(space, sweep['seed'], i) for i in range(sweep['num_trials'])])
     todo = [(i, p) for i, p in enumerate(trials) if i not in done]
-    with concurrent.futures.ThreadPoolExecutor(max(1, parallel)) as pool:
-      futures = [pool.submit(runner, sweep, workdir, i, p) for i, p in todo]
-      for fut in concurrent.futures.as_completed(futures):
-        _append(workdir, fut.result())
+    for record in runner(sweep, workdir, todo, parallel):
+      _append(workdir, record)
     records = list(_records(workdir).values())
   records.sort(key=lambda r: r['trial'])
   write_results(sweep, workdir, records)
@@ -214,26 +226,37 @@ def _run_optuna(sweep, workdir, parallel, runner, done):
       study_name='sweep', storage=f'sqlite:///{os.path.join(workdir, "optuna.db")}',
       load_if_exists=True, direction='minimize' if sweep['mode'] == 'min' else 'maximize',
       sampler=optuna.samplers.TPESampler(seed=sweep['seed']))
-  # Trials left RUNNING by a killed sweep are failed; their numbers are not reused.
+  # Trials left RUNNING whose run was stopped before its end (preempted, timed out, never
+  # started) are run again (they resume from their checkpoints) and told then; those with no
+  # record (a sweep killed outright) are failed, their numbers not reused.
+  records = _records(workdir)
+  resume = []
   for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
-    study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    if records.get(t.number, {}).get('status') in UNFINISHED:
+      resume.append((t.number, records[t.number]['params']))
+    else:
+      study.tell(t.number, state=optuna.trial.TrialState.FAIL)
   finished = sum(1 for t in study.get_trials()
                  if t.state == optuna.trial.TrialState.COMPLETE)
   left = sweep['num_trials'] - finished
-  with concurrent.futures.ThreadPoolExecutor(max(1, parallel)) as pool:
-    while left > 0:
+  while left > 0 or resume:
+    if resume:
+      todo, resume = resume[:parallel], resume[parallel:]
+    else:
       batch = [study.ask() for _ in range(min(parallel, left))]
-      params = [{n: d.suggest(t, n) for n, d in sweep['space'].items()} for t in batch]
-      results = list(pool.map(lambda tp: runner(sweep, workdir, tp[0].number, tp[1]),
-                              zip(batch, params)))
-      for t, r in zip(batch, results):
-        _append(workdir, r)
-        if r['status'] == 'ok':
-          study.tell(t.number, r['metric'])
-          left -= 1
-        else:
-          study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-          left -= 1   # a failure counts as a trial: a broken space must not loop forever
+      todo = [(t.number, {n: d.suggest(t, n) for n, d in sweep['space'].items()}) for t in batch]
+    results = runner(sweep, workdir, todo, parallel)
+    for (number, _), r in zip(todo, results):
+      _append(workdir, r)
+      if r['status'] in UNFINISHED:
+        continue  # left RUNNING: a rerun of the sweep runs it on
+      if r['status'] == 'ok':
+        study.tell(number, r['metric'])
+      else:
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+      left -= 1   # a failure counts as a trial: a broken space must not loop forever
+    if any(r['status'] in UNFINISHED for r in results):
+      break       # the sweep (or a trial) was stopped: a rerun goes on from here
   return list(_records(workdir).values())
 
 
@@ -246,7 +269,7 @@ def write_results(sweep: dict, workdir: str, records: list[dict]) -> str:
   fmt = lambda v: f'{v:.4g}' if isinstance(v, float) else str(v)
   for r in ok + [r for r in records if r['status'] != 'ok']:
     metric = fmt(r['metric']) if r['metric'] is not None else '-'
-    status = r['status'] if r['status'] == 'ok' else f"failed: {r['error'][:80]}"
+    status = r['status'] if r['status'] == 'ok' else f"{r['status']}: {r['error'][:80]}"
     lines.append(f"| {r['trial']} | {' | '.join(fmt(r['params'].get(n)) for n in names)} | "
                  f'{metric} | {status} |')
   text = '\n'.join(lines) + '\n'
@@ -289,8 +312,12 @@ def main(argv):
   records = run_sweep(sweep, f.workdir, f.parallel)
   with open(os.path.join(f.workdir, 'results.md')) as fh:
     print(fh.read(), end='')
-  failed = sum(r['status'] != 'ok' for r in records)
-  print(f'{len(records) - failed} trials ok, {failed} failed; {f.workdir}/results.md, results.png')
+  counts = collections.Counter(r['status'] for r in records)
+  stopped = sum(counts[s] for s in UNFINISHED)
+  print(', '.join(f'{n} {s}' for s, n in sorted(counts.items())) + f' of {len(records)} trials; '
+        f'{f.workdir}/results.md, results.png'
+        + ('; rerun the same command to resume the stopped trials' if stopped else ''))
+  sys.exit(1 if stopped else 0)   # failed trials are results; stopped ones are unfinished
 
 
 def _define_flags():

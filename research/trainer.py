@@ -350,8 +350,16 @@ def train(config: ml_collections.ConfigDict, workdir: str,
           mesh: jax.sharding.Mesh | None = None) -> dict:
   """Trains (or resumes) the run in `workdir`; returns the final metrics.
 
-  `on_step(step, host_batch)` is called after each step (tests and tools use it).
+  `on_step(step, host_batch)` is called after each step (tests and tools use it). Raises
+  `checkpoint.WorkdirInUse` when another live run trains in `workdir`.
   """
+  # The guard covers start-up too: a signal while restoring or compiling ends the run at the
+  # first step boundary (exit 0, nothing lost), not by the default handler.
+  with ckpt_lib.workdir_lock(workdir), ckpt_lib.PreemptionGuard() as guard:
+    return _train(config, workdir, on_step, mesh, guard)
+
+
+def _train(config, workdir, on_step, mesh, guard) -> dict:
   exp = build(config, mesh)
   t = config.train
   _, train_key, eval_key, sample_key = _keys(config.seed, exp.mesh)
@@ -433,55 +441,57 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       return evaluated, stop(), True
     return evaluated, False, False
 
-  with ckpt_lib.PreemptionGuard() as guard:
-    if redo:   # the phases a preempted run left undone at its last step
-      evaluated, preempted, _ = phases('eval' in redo, 'sample' in redo)
-      eval_metrics = evaluated or eval_metrics
-    while step < t.num_steps and not preempted:
-      batch = next(data_iter)
+  preempted = parallel.any_host(guard.requested)   # a signal during start-up
+  if redo and not preempted:   # the phases a preempted run left undone at its last step
+    evaluated, preempted, _ = phases('eval' in redo, 'sample' in redo)
+    eval_metrics = evaluated or eval_metrics
+  while step < t.num_steps and not preempted:
+    batch = next(data_iter)
+    if cur is not None:
+      batch = exp.family.apply_curriculum(batch, cur(step))
+    state, metrics = exp.train_step(state, parallel.host_batch_to_global(batch, exp.mesh),
+                                    train_key)
+    pending.append(metrics)
+    step += 1
+    if on_step is not None:
+      on_step(step, batch)
+    last = step == t.num_steps
+    if step % t.log_every == 0 or last:
+      host = parallel.to_host(pending)
+      train_metrics = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+      train_metrics['lr'] = float(schedule(step - 1))
       if cur is not None:
-        batch = exp.family.apply_curriculum(batch, cur(step))
-      state, metrics = exp.train_step(state, parallel.host_batch_to_global(batch, exp.mesh),
-                                      train_key)
-      pending.append(metrics)
-      step += 1
-      if on_step is not None:
-        on_step(step, batch)
-      last = step == t.num_steps
-      if step % t.log_every == 0 or last:
-        host = parallel.to_host(pending)
-        train_metrics = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-        train_metrics['lr'] = float(schedule(step - 1))
-        if cur is not None:
-          train_metrics['curriculum'] = float(cur(step - 1))
-        rates = writer.progress(step, train_metrics)
-        writer.write_scalars(step, train_metrics | rates, 'train')  # NaNs logged, then stop
-        bad = t.stop_on_nonfinite and _nonfinite_metrics(host, step - len(host) + 1,
-                                                             t.divergence_limit)
-        if t.stop_on_nonfinite and not bad and 'loss' in host[0]:
-          window = [float(np.mean(m['loss'])) for m in host]
-          bad = blow_up(losses, window, step - len(host) + 1, t.divergence_factor)
-          losses = (losses + window)[-BLOW_UP_HISTORY:]
-        if bad:
-          _stop_nonfinite(bad, config, ckpt, writer, workdir)
-        pending = []
-      do_eval = step % t.eval_every == 0 or last
-      do_sample = step % t.sample_every == 0 or last
-      # Also before eval/sampling: host-side metrics may fail obscurely on a NaN state.
-      checked = t.stop_on_nonfinite and (do_eval or do_sample)
-      if checked and (bad := _nonfinite(state, pending, step, t.divergence_limit)):
+        train_metrics['curriculum'] = float(cur(step - 1))
+      rates = writer.progress(step, train_metrics)
+      writer.write_scalars(step, train_metrics | rates, 'train')  # NaNs logged, then stop
+      bad = t.stop_on_nonfinite and _nonfinite_metrics(host, step - len(host) + 1,
+                                                           t.divergence_limit)
+      if t.stop_on_nonfinite and not bad and 'loss' in host[0]:
+        window = [float(np.mean(m['loss'])) for m in host]
+        bad = blow_up(losses, window, step - len(host) + 1, t.divergence_factor)
+        losses = (losses + window)[-BLOW_UP_HISTORY:]
+      if bad:
         _stop_nonfinite(bad, config, ckpt, writer, workdir)
-      evaluated, preempted, saved = phases(do_eval, do_sample)
-      eval_metrics = evaluated or eval_metrics
-      preempted = preempted or parallel.any_host(guard.requested)
-      if not saved and (step % t.checkpoint_every == 0 or last or preempted):
-        bad = (t.stop_on_nonfinite and not checked
-               and _nonfinite(state, pending, step, t.divergence_limit))
-        if bad:
-          _stop_nonfinite(bad, config, ckpt, writer, workdir)
-        save([], evaluated)
-    if preempted:
-      logging.warning('preempted: saved step %d; rerun the same command to resume', step)
+      pending = []
+    do_eval = step % t.eval_every == 0 or last
+    do_sample = step % t.sample_every == 0 or last
+    # Also before eval/sampling: host-side metrics may fail obscurely on a NaN state.
+    checked = t.stop_on_nonfinite and (do_eval or do_sample)
+    if checked and (bad := _nonfinite(state, pending, step, t.divergence_limit)):
+      _stop_nonfinite(bad, config, ckpt, writer, workdir)
+    evaluated, preempted, saved = phases(do_eval, do_sample)
+    eval_metrics = evaluated or eval_metrics
+    preempted = preempted or parallel.any_host(guard.requested)
+    if not saved and (step % t.checkpoint_every == 0 or last or preempted):
+      bad = (t.stop_on_nonfinite and not checked
+             and _nonfinite(state, pending, step, t.divergence_limit))
+      if bad:
+        _stop_nonfinite(bad, config, ckpt, writer, workdir)
+      save([], evaluated)
+  if preempted:
+    ckpt.wait()
+    logging.warning('preempted: %s; rerun the same command to resume', f'saved step {step}'
+                    if ckpt.latest_step() == step else 'before a step (nothing new to save)')
   if not eval_metrics and not preempted and step >= t.num_steps:
     # Resumed from the final checkpoint (e.g. killed after saving it): the final metrics still
     # report the eval of the finished run.

@@ -26,7 +26,10 @@ class FakeRunner:
   def __init__(self):
     self.calls = []
 
-  def __call__(self, sweep, workdir, i, params):
+  def __call__(self, sweep, workdir, trials, parallel):
+    return [self.one(i, params) for i, params in trials]
+
+  def one(self, i, params):
     self.calls.append(i)
     if params['optimizer.lr'] > 0.05:
       return {'trial': i, 'params': params, 'workdir': '', 'status': 'failed', 'metric': None,
