@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import json
 import os
 import re
 import signal
@@ -24,12 +25,113 @@ from typing import Any
 import flax.serialization
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as cm
 
 from research import optim
+
+
+class DamagedCheckpoint(Exception):
+  """A checkpoint that fails to restore or fails an integrity check (one line)."""
+
+
+class CheckpointMismatch(Exception):
+  """The checkpoints hold another model or optimizer than the config builds (one line)."""
+
+
+def _one_line(e: Exception) -> str:
+  """The gist of a restore error: its type and first sentence (TensorStore appends pages)."""
+  text = ' '.join(str(e).split()).split(' See full TensorStore details')[0]
+  text = re.split(r' \[source locations=| \[tensorstore_spec=', text)[0] or type(e).__name__
+  return (text if isinstance(e, DamagedCheckpoint) else f'{type(e).__name__}: {text}')[:160]
+
+
+@jax.jit
+def _leaf_sums(leaves: list) -> list:
+  """Each leaf's bit patterns summed modulo 2**32: any flipped bit changes its sum."""
+  out = []
+  for x in leaves:
+    width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+    bits = jax.lax.bitcast_convert_type(x, width) if x.dtype != width else x
+    out.append(jnp.sum(bits.astype(jnp.uint32), dtype=jnp.uint32))
+  return out
+
+
+def fingerprint(tree) -> list[int]:
+  """A checksum per array leaf of `tree` (device or host arrays), computed where they live and
+  stored in each checkpoint's meta, so a restore can tell a damaged array from a good one."""
+  leaves = [x for x in jax.tree.leaves(tree) if hasattr(x, 'dtype') and np.ndim(x) >= 0
+            and np.dtype(x.dtype).itemsize in (1, 2, 4) and np.dtype(x.dtype) != np.bool_]
+  return [int(v) for v in jax.device_get(_leaf_sums(leaves))]
+
+
+def _nonfinite_leaves(tree) -> list[str]:
+  return [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+          if hasattr(x, 'dtype') and jnp.issubdtype(x.dtype, jnp.inexact)
+          and not bool(jnp.all(jnp.isfinite(x)))]
+
+
+def _state_metadata(directory, step: int):
+  """The saved state's tree of array metadata (shapes, dtypes), read without its arrays."""
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    meta = handler.metadata(epath.Path(directory) / str(step) / 'state')
+  finally:
+    handler.close()
+  return getattr(meta, 'tree', meta)
+
+
+def _check_files(step_dir: str) -> None:
+  """Cheap checks before Orbax reads a step (whose failures deep inside its async reads also
+  print stray tracebacks): the items' directories, the state's metadata JSON, the OCDBT
+  manifests."""
+  for item in ('state', 'meta'):
+    if not os.path.isdir(os.path.join(step_dir, item)):
+      raise DamagedCheckpoint(f'its {item}/ directory is missing')
+  state = os.path.join(step_dir, 'state')
+  try:
+    with open(os.path.join(state, '_METADATA'), 'rb') as f:
+      json.loads(f.read().decode('utf-8'))
+  except (OSError, ValueError) as e:
+    raise DamagedCheckpoint(f'state/_METADATA is unreadable ({type(e).__name__})') from None
+  manifests = [os.path.join(state, 'manifest.ocdbt')] + [
+      os.path.join(state, d, 'manifest.ocdbt') for d in os.listdir(state)
+      if d.startswith('ocdbt.process_')]
+  if os.path.isdir(os.path.join(state, 'd')):   # the OCDBT format (Orbax's default)
+    for m in manifests:
+      if not os.path.isfile(m) or os.path.getsize(m) == 0:
+        raise DamagedCheckpoint(f'{os.path.relpath(m, step_dir)} is missing or empty')
+
+
+def _check_same_tree(manager, step: int, target: dict) -> None:
+  """Raises CheckpointMismatch when the saved state's array paths or shapes differ from the
+  target's (a changed model or optimizer config); metadata it cannot read is left to restore."""
+  try:
+    meta = _state_metadata(manager.directory, step)
+    if meta is None:
+      return
+    saved = {jax.tree_util.keystr(p): tuple(m.shape)
+             for p, m in jax.tree_util.tree_flatten_with_path(meta)[0] if hasattr(m, 'shape')}
+  except Exception:  # pylint: disable=broad-except  (a damaged checkpoint: restore reports it)
+    return
+  want = {jax.tree_util.keystr(p): tuple(np.shape(x))
+          for p, x in jax.tree_util.tree_flatten_with_path(target)[0]}
+  if saved == want:
+    return
+  missing, extra = sorted(set(want) - set(saved)), sorted(set(saved) - set(want))
+  shapes = [f'{k} {saved[k]} saved, {want[k]} now' for k in sorted(set(want) & set(saved))
+            if saved[k] != want[k]]
+  what = (shapes[:2] if shapes else [f'{len(missing)} arrays not in the checkpoint'
+                                     + (f' (e.g. {missing[0]})' if missing else '')
+                                     + (f', {len(extra)} saved ones unused' if extra else '')])
+  raise CheckpointMismatch(
+      f'the checkpoints in {manager.directory} hold another model or optimizer than this '
+      f'config builds ({"; ".join(what)}): run with the config the run was started with '
+      '(its config.json), or use a new --workdir')
 
 
 class Checkpointer:
@@ -46,6 +148,7 @@ class Checkpointer:
         preservation_policy=cm.AnyPreservationPolicy(policies),
         enable_async_checkpointing=async_save, create=not read_only, read_only=read_only)
     self.best_metric = best_metric
+    self.restored_step = None
     self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
   def latest_step(self) -> int | None:
@@ -59,27 +162,68 @@ class Checkpointer:
         state=ocp.args.StandardSave({'train': flax.serialization.to_state_dict(state),
                                      'rng': jax.random.key_data(rng)}),
         data=grain.checkpoint.CheckpointSave(data_iter),
-        meta=ocp.args.JsonSave(meta))
+        meta=ocp.args.JsonSave(dict(meta, fingerprint=fingerprint(
+            {'train': flax.serialization.to_state_dict(state), 'rng': jax.random.key_data(rng)}))))
     self.manager.save(step, args=args, metrics=metrics, force=True)
 
   def restore(self, step: int | None, state, rng: jax.Array, data_iter=None):
     """Restores onto the shardings of `state` (the freshly initialised state on this mesh).
-    Returns (state, rng); moves `data_iter` to the saved position when given."""
-    step = self.latest_step() if step is None else step
+    Returns (state, rng); moves `data_iter` to the saved position when given.
+
+    `step` None: the newest checkpoint that restores and passes the integrity checks (its
+    state's checksum, finite values, this process's data position): a damaged one is named
+    in one warning line and the next older one is tried; `restored_step` says which was used.
+    Raises DamagedCheckpoint (one line) when none is usable, or a given `step` is damaged, and
+    CheckpointMismatch when the checkpoints hold another model or optimizer than `state`."""
+    steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
+    problems = []
+    for s in steps:
+      try:
+        out = self._restore_step(s, state, rng, data_iter)
+      except CheckpointMismatch:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  (orbax raises many kinds)
+        why = _one_line(e)
+        problems.append(f'step {s}: {why}')
+        continue
+      if problems:
+        logging.warning('damaged checkpoint%s in %s (%s): restored step %d instead',
+                        's' if len(problems) > 1 else '', self.manager.directory,
+                        '; '.join(problems), s)
+      self.restored_step = s
+      return out
+    raise DamagedCheckpoint(
+        f'no usable checkpoint in {self.manager.directory} ({"; ".join(problems)}); move the '
+        'damaged step directories aside to resume from an older one or to start over')
+
+  def _restore_step(self, step: int, state, rng: jax.Array, data_iter):
+    _check_files(os.path.join(str(self.manager.directory), str(step)))
     target = {'train': flax.serialization.to_state_dict(state),
               'rng': jax.random.key_data(rng)}
+    _check_same_tree(self.manager, step, target)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    items = {'state': ocp.args.StandardRestore(abstract)}
+    items = {'state': ocp.args.StandardRestore(abstract), 'meta': ocp.args.JsonRestore()}
     if data_iter is not None:
-      own = (f'{self.manager.directory}/{step}/data/'
-             f'process_{jax.process_index()}-of-{jax.process_count()}.json')
-      if os.path.exists(own):
+      data_dir = f'{self.manager.directory}/{step}/data'
+      own = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
+      files = os.listdir(data_dir) if os.path.isdir(data_dir) else []
+      counts = {m[1] for f in files if (m := re.match(r'process_\d+-of-(\d+)\.json$', f))}
+      if own in files:
         items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
-      else:  # saved by another number of hosts: their data positions do not map onto ours
-        logging.warning('checkpoint %d holds the data positions of another process count; the '
-                        'state resumes exactly, the data order restarts from the seed', step)
+      elif counts and str(jax.process_count()) not in counts:
+        # Saved by another number of hosts: their data positions do not map onto ours.
+        logging.warning('checkpoint %d holds the data positions of %s processes, this run has '
+                        '%d: the state resumes exactly, the data order restarts from the seed',
+                        step, '/'.join(sorted(counts)), jax.process_count())
+      else:
+        raise DamagedCheckpoint(f'its data position {own} is missing')
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     tree = restored['state']
+    saved = (restored['meta'] or {}).get('fingerprint')
+    if saved is not None and fingerprint(tree) != saved:
+      raise DamagedCheckpoint('its arrays differ from those saved (checksum mismatch)')
+    if bad := _nonfinite_leaves(tree):
+      raise DamagedCheckpoint(f'NaN/inf in {", ".join(bad[:3])}')
     state = flax.serialization.from_state_dict(state, tree['train'])
     return state, jax.random.wrap_key_data(tree['rng'])
 
@@ -93,9 +237,8 @@ class Checkpointer:
     reader = ocp.CheckpointManager(
         self.manager.directory, options=ocp.CheckpointManagerOptions(read_only=True),
         item_handlers={'state': ocp.PyTreeCheckpointHandler()})
-    metadata = reader.item_metadata(step)['state']
     as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                            getattr(metadata, 'tree', metadata))
+                            _state_metadata(self.manager.directory, step))
     restored = reader.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(restore_args=as_numpy)))
     reader.close()

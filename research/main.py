@@ -63,7 +63,8 @@ def main(argv):
   except configs.ConfigError as e:
     print(f'config error: {e}', file=sys.stderr)
     sys.exit(2)
-  except (FileNotFoundError, checkpoint.WorkdirInUse) as e:
+  except (FileNotFoundError, checkpoint.WorkdirInUse, checkpoint.DamagedCheckpoint,
+          checkpoint.CheckpointMismatch) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except trainer.NonFiniteError as e:  # a diverged run, not a bug: no traceback

@@ -21,9 +21,16 @@ class _QuietLibraries(py_logging.Filter):
   """Drops INFO chatter from checkpoint/data libraries; their warnings still show."""
   NOISY = ('/orbax/', '/grain/', '/tensorflow_datasets/', '/etils/', '/jax/_src/', '/optax/')
 
+  # Orbax warnings that only restate what the project reports itself (a damaged or read-only
+  # checkpoint directory).
+  RESTATED = ('Metadata file does not exist', 'read_only=True, setting',
+              'Given directory is read only')
+
   def filter(self, record):
-    return record.levelno >= py_logging.WARNING or not any(
-        n in record.pathname for n in self.NOISY)
+    if any(n in record.pathname for n in self.NOISY):
+      return record.levelno >= py_logging.WARNING and not any(
+          r in str(record.msg) for r in self.RESTATED)
+    return True
 
 
 def console_logging() -> None:

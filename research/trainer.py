@@ -371,7 +371,7 @@ def _train(config, workdir, on_step, mesh, guard) -> dict:
   redo = []
   if ckpt.latest_step() is not None:
     state, train_key = ckpt.restore(None, state, train_key, data_iter)
-    redo = ckpt.read_meta().get('pending', [])
+    redo = ckpt.read_meta(ckpt.restored_step).get('pending', [])
     logging.info('resumed from step %d in %s%s', int(state.step), workdir,
                  f' (redoing its {" and ".join(redo)})' if redo else '')
   else:
