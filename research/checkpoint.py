@@ -125,9 +125,9 @@ def _check_same_tree(manager, step: int, target: dict) -> None:
   missing, extra = sorted(set(want) - set(saved)), sorted(set(saved) - set(want))
   shapes = [f'{k} {saved[k]} saved, {want[k]} now' for k in sorted(set(want) & set(saved))
             if saved[k] != want[k]]
-  what = (shapes[:2] if shapes else [f'{len(missing)} arrays not in the checkpoint'
-                                     + (f' (e.g. {missing[0]})' if missing else '')
-                                     + (f', {len(extra)} saved ones unused' if extra else '')])
+  what = shapes[:2] or [part for part in (
+      missing and f'{len(missing)} arrays not in the checkpoint, e.g. {missing[0]}',
+      extra and f'{len(extra)} saved arrays this config lacks, e.g. {extra[0]}') if part]
   raise CheckpointMismatch(
       f'the checkpoints in {manager.directory} hold another model or optimizer than this '
       f'config builds ({"; ".join(what)}): run with the config the run was started with '
@@ -175,7 +175,12 @@ class Checkpointer:
     in one warning line and the next older one is tried; `restored_step` says which was used.
     Raises DamagedCheckpoint (one line) when none is usable, or a given `step` is damaged, and
     CheckpointMismatch when the checkpoints hold another model or optimizer than `state`."""
-    steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
+    saved = sorted(self.manager.all_steps(), reverse=True)
+    if step is not None and step not in saved:
+      raise DamagedCheckpoint(
+          f'no checkpoint at step {step} in {self.manager.directory} (saved steps: '
+          f'{", ".join(map(str, sorted(saved))) or "none"}); pass one of them, or -1 for the latest')
+    steps = [step] if step is not None else saved
     problems = []
     for s in steps:
       try:

@@ -11,6 +11,8 @@ Families add their own sections (`model`, `objective`, extra `eval` fields) thro
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any, Callable, Iterable, Sequence
 
 import ml_collections
@@ -232,6 +234,50 @@ def flag_error_line(error: Exception, argv: Sequence[str]) -> str:
   return f'config error: --{field}: {msg}' if field else f'flag error: {msg}'
 
 
+def parse_command_flags(argv: Sequence[str], required: Sequence[str] = ('workdir',)) -> list[str]:
+  """absl flag parsing for the project's commands with one-line errors and exit code 2: a bad
+  flag or `--config.*` override, a stray positional argument, a missing required flag, and a
+  `--config` file that does not load (config_flags defers that error to first use)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top  (commands only)
+  try:
+    rest = flags.FLAGS(argv)
+  except Exception as e:  # config_flags raises AttributeError/KeyError/TypeError/flags.Error
+    _exit(flag_error_line(e, argv))
+  if len(rest) > 1:
+    _exit(f'flag error: unexpected arguments {rest[1:]}; every option is --name=value')
+  for name in required:
+    if flags.FLAGS[name].value is None:
+      _exit(f'flag error: --{name} is required')
+  if 'config' in flags.FLAGS and flags.FLAGS['config'].value is None:
+    _exit('flag error: --config is required (an experiment\'s config.py, e.g. '
+          '--config=experiments/vae_digits/config.py)')
+  if 'config' in flags.FLAGS:
+    try:
+      getattr(flags.FLAGS.config, 'keys')  # a file that failed to load raises on first use
+    except Exception as e:  # pylint: disable=broad-except
+      _exit(config_file_error(e, argv))
+  return rest
+
+
+def config_file_error(error: Exception, argv: Sequence[str]) -> str:
+  """One line for a `--config` file that does not load, with the fix."""
+  spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), '')
+  path = spec.split(':', 1)[0]
+  if spec and os.path.isdir(path):
+    why = (f'a directory; give its config file, e.g. --config={os.path.join(path, "config.py")}')
+  elif spec and not os.path.exists(path):
+    why = 'no such file; give an experiment\'s config.py, e.g. experiments/vae_digits/config.py'
+  else:
+    msg = ' '.join(str(error).split())
+    why = f'does not load ({msg[:200]})'
+  return f'flag error: --config={spec}: {why}'
+
+
+def _exit(message: str):
+  print(message, file=sys.stderr)
+  sys.exit(2)
+
+
 def require(ok: bool, field: str, value: Any, why: str) -> None:
   """Raises a one-line ConfigError for `config.<field>` unless `ok`."""
   if not ok:
@@ -283,6 +329,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   require(t.batch_size % num_devices == 0, 'train.batch_size', t.batch_size,
           f'must divide by the {num_devices} devices of the batch axis; use a multiple of '
           f'{num_devices}')
+  per_device, accum = t.batch_size // num_devices, config.optimizer.grad_accum_steps
+  require(accum < 1 or per_device % accum == 0, 'optimizer.grad_accum_steps', accum,
+          f'must divide the per-device batch {per_device} (train.batch_size={t.batch_size} over '
+          f'{num_devices} devices) into equal microbatches')
   require(t.batch_size % num_processes == 0, 'train.batch_size', t.batch_size,
           f'must divide by the {num_processes} hosts')
   for name in ('log_every', 'eval_every', 'sample_every', 'checkpoint_every', 'keep_checkpoints'):
@@ -301,7 +351,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   datasets.validate(config.data)
   curriculum.validate(config.curriculum)
   if config.init_from.workdir:
-    import os
     require(os.path.isdir(config.init_from.workdir), 'init_from.workdir',
             config.init_from.workdir, 'no such directory; point it at a finished run')
+    ckpts = os.path.join(config.init_from.workdir, 'checkpoints')
+    require(os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts)),
+            'init_from.workdir', config.init_from.workdir,
+            'has no checkpoints; point it at a run that saved one (its checkpoints/<step>)')
   fam.validate_config(config)

@@ -8,6 +8,7 @@ pass --distributed on a TPU VM pod / SLURM (JAX reads the environment), or --coo
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags
@@ -22,19 +23,36 @@ def _define_flags():
   config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
   flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
   flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample'], 'What to run.')
-  flags.DEFINE_integer('step', -1, 'Checkpoint step for eval/sample (-1 = latest).')
+  flags.DEFINE_integer('step', -1, 'Checkpoint step for eval/sample (-1 = latest).',
+                       lower_bound=-1)
   flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() from the environment.')
   flags.DEFINE_string('coordinator', '', 'host:port of process 0 (multi-process).')
   flags.DEFINE_integer('num_processes', 1, 'Number of processes (with coordinator).')
   flags.DEFINE_integer('process_id', 0, 'This process (with coordinator).')
-  flags.DEFINE_integer('cpu_devices', 0, 'Fake this many CPU devices (testing data parallelism).')
+  flags.DEFINE_integer('cpu_devices', 0, 'Fake this many CPU devices (testing data parallelism).',
+                       lower_bound=0)
+
+
+def workdir_problem(workdir: str, mode: str) -> str | None:
+  """Why `workdir` cannot hold this run (a file; not writable for training), else None."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    return f'--workdir={workdir} is a file, not a directory; pick another path'
+  existing = os.path.abspath(workdir)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if mode == 'train' and not os.access(existing, os.W_OK | os.X_OK):
+    return f'--workdir={workdir}: {existing} is not writable; pick a writable path'
+  return None
 
 
 def run(config, workdir: str, mode: str = 'train', step: int = -1) -> dict:
-  """Validates the config (nothing compiles, workdir untouched on error), then runs `mode`."""
+  """Validates the config and the workdir (nothing compiles, workdir untouched on error), then
+  runs `mode`."""
   import jax  # after flags: device setup must come first
   from research import configs, trainer
   configs.validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+  if problem := workdir_problem(workdir, mode):
+    raise FileNotFoundError(problem)
   if mode == 'train':
     return trainer.train(config, workdir)
   if mode == 'eval':
@@ -43,10 +61,7 @@ def run(config, workdir: str, mode: str = 'train', step: int = -1) -> dict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if FLAGS.workdir is None:
-    raise app.UsageError('--workdir is required')
+  del argv  # checked by parse_flags
   from research import metric_writers
   metric_writers.console_logging()
   import jax
@@ -73,13 +88,9 @@ def main(argv):
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, with a bad `--config.*` override reported as one line, exit code 2."""
-  try:
-    return flags.FLAGS(argv)
-  except Exception as e:  # config_flags raises AttributeError/KeyError/TypeError/flags.Error
-    from research import configs
-    print(configs.flag_error_line(e, argv), file=sys.stderr)
-    sys.exit(2)
+  """absl flag parsing; every bad flag, override or --config file is one line, exit code 2."""
+  from research import configs
+  return configs.parse_command_flags(argv)
 
 if __name__ == '__main__':
   _define_flags()

@@ -237,10 +237,7 @@ def config_argv(argv: Sequence[str], config) -> tuple[str, list[str]]:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if FLAGS.workdir is None:
-    raise app.UsageError('--workdir is required')
+  del argv  # checked by parse_flags
   config = FLAGS.config
   spec, overrides = config_argv(_raw_argv[1:], config)
   try:
@@ -298,11 +295,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with research.main's one-line errors (exit code 2); keeps the raw argv
   so the `--config.*` overrides reach every seed verbatim."""
   _raw_argv[:] = argv
-  try:
-    return flags.FLAGS(argv)
-  except Exception as e:  # config_flags raises AttributeError/KeyError/TypeError/flags.Error
-    from research import configs  # pylint: disable=g-import-not-at-top
-    _exit(configs.flag_error_line(e, argv))
+  from research import configs  # pylint: disable=g-import-not-at-top
+  return configs.parse_command_flags(argv)
 
 if __name__ == '__main__':
   _define_flags()

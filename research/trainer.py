@@ -434,6 +434,15 @@ def _train(config, workdir, on_step, mesh, guard) -> dict:
       logging.info('eval at step %d: %s', step, evaluated)
       if t.stop_on_nonfinite and (bad := nonfinite_eval(evaluated, step)):
         _stop_nonfinite(bad, config, ckpt, writer, workdir)
+      if (best := config.eval.best_metric) and best not in evaluated:
+        # A misspelled name would silently never keep a best checkpoint: stop at the first eval
+        # with the names there are, the run saved (nothing lost; the rerun resumes).
+        save(['sample'] if do_sample else [])
+        ckpt.wait()
+        raise configs.ConfigError(
+            f'config.eval.best_metric={best!r}: not an eval metric of this run (it has '
+            f'{", ".join(sorted(k for k in evaluated if not k.endswith("_se")))}); saved step '
+            f'{step}: rerun with one of those names to resume')
     if do_sample:   # saved first: a signal during a long sampler call then ends the run at once
       save(['sample'], evaluated)
       with guard.exit_on_signal(exit_preempted):
