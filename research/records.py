@@ -137,18 +137,35 @@ def _table(name: str) -> _Table:
   return TABLES[name]
 
 
+def _text_ok(v: Any) -> bool:
+  """A string SQLite can store: valid Unicode (JSON's \\ud800 escapes decode to lone surrogates,
+  which UTF-8 cannot encode)."""
+  try:
+    v.encode('utf-8')
+    return True
+  except UnicodeEncodeError:
+    return False
+
+
+def _int64(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool) and -2 ** 63 <= v < 2 ** 63
+
+
 def _check_type(field: str, tag: str, value: Any) -> None:
+  if isinstance(value, str) and not _text_ok(value):
+    raise RecordError(f'field {field!r} is not valid Unicode (a lone surrogate)')
   ok = {
       _STR: lambda v: isinstance(v, str),
-      _INT: lambda v: isinstance(v, int) and not isinstance(v, bool),
-      _NUM: lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool)
+      _INT: _int64,
+      _NUM: lambda v: ((_int64(v) or isinstance(v, float)) and not isinstance(v, bool)
                        and math.isfinite(v)),
       _DICT: lambda v: isinstance(v, dict),
       _HASH: lambda v: (isinstance(v, str) and len(v) == 64
                         and all(c in '0123456789abcdef' for c in v)),
   }[tag](value)
   if not ok:
-    what = {_STR: 'a string', _INT: 'an integer', _NUM: 'a finite number', _DICT: 'an object',
+    what = {_STR: 'a string', _INT: 'a 64-bit integer',
+            _NUM: 'a finite number (an integer within 64 bits)', _DICT: 'an object',
             _HASH: 'a 64-char hex SHA-256 hash'}[tag]
     raise RecordError(f'field {field!r} must be {what}, got {type(value).__name__} {value!r:.60}')
 
@@ -161,24 +178,61 @@ class RecordStore:
   """
 
   def __init__(self, path: str | os.PathLike, *, busy_timeout_s: float = 30.0,
-               max_retries: int = 8):
+               max_retries: int = 8, read_only: bool | None = None, check: bool = True):
+    """`read_only` None: read-only when the file or its directory is not writable (a read-only
+    mount); a read-only store reads and refuses writes with RecordError. `check`: run SQLite's
+    quick integrity check on open and refuse a damaged file (RecordError)."""
     self.path = os.fspath(path)
     self._max_retries = max_retries
+    directory = os.path.dirname(os.path.abspath(self.path))
+    exists = os.path.exists(self.path)
+    if read_only is None:
+      read_only = exists and not (os.access(self.path, os.W_OK)
+                                  and os.access(directory, os.W_OK))
+    self.read_only = read_only
+    if read_only and not exists:
+      raise RecordError(f'{self.path}: no such record store to open read-only')
     # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves, so the write lock is
     # taken up front (no deadlocking read->write upgrades between processes).
-    self._conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None)
+    try:
+      if read_only:  # immutable: nothing (not even WAL's -shm file) is written next to it
+        immutable = '&immutable=1' if not os.access(directory, os.W_OK) else ''
+        self._conn = sqlite3.connect(f'file:{self.path}?mode=ro{immutable}', uri=True,
+                                     timeout=busy_timeout_s, isolation_level=None)
+      else:
+        self._conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None)
+    except sqlite3.Error as e:
+      raise RecordError(f'{self.path}: cannot open the record store ({e})') from None
     try:
       self._conn.execute('PRAGMA busy_timeout = %d' % int(busy_timeout_s * 1000))
       self._conn.execute('PRAGMA foreign_keys = ON')
-      self._retry(lambda: self._conn.execute('PRAGMA journal_mode = WAL').fetchone())
-      # NORMAL is durable across application crashes in WAL mode and avoids an fsync per commit.
-      self._conn.execute('PRAGMA synchronous = NORMAL')
-      self._migrate()
+      if check and exists:
+        self._check_integrity()
+      if not read_only:
+        self._retry(lambda: self._conn.execute('PRAGMA journal_mode = WAL').fetchone())
+        # NORMAL is durable across application crashes in WAL mode, without an fsync a commit.
+        self._conn.execute('PRAGMA synchronous = NORMAL')
+        self._migrate()
+      elif self.schema_version != SCHEMA_VERSION:
+        raise RecordError(f'{self.path}: read-only store with schema version '
+                          f'{self.schema_version}, this code reads {SCHEMA_VERSION}; open it '
+                          'writable once to upgrade it')
       self._salt = self._conn.execute(
           "SELECT value FROM store_meta WHERE key = 'id_salt'").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+      self._conn.close()
+      raise RecordError(f'{self.path}: not a readable record store ({e}); restore it from a '
+                        'backup') from None
     except BaseException:
       self._conn.close()
       raise
+
+  def _check_integrity(self) -> None:
+    problems = [r[0] for r in self._conn.execute('PRAGMA quick_check').fetchall()]
+    if problems != ['ok']:
+      raise RecordError(f'{self.path}: damaged record store (SQLite quick_check: '
+                        f'{problems[0][:120]}{"; ..." if len(problems) > 1 else ""}); restore '
+                        'it from a backup, or salvage its rows with the sqlite3 shell\'s .recover')
 
   # -- lifecycle ---------------------------------------------------------------------------
 
@@ -229,6 +283,10 @@ class RecordStore:
 
   def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
     """Runs fn(conn) inside one write transaction, all or nothing; retried whole when locked."""
+    if self.read_only:
+      raise RecordError(f'{self.path}: the store is open read-only (a read-only file or '
+                        'directory, or read_only=True); open a writable copy to add records')
+
     def attempt():
       self._conn.execute('BEGIN IMMEDIATE')
       try:

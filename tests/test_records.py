@@ -166,6 +166,64 @@ def test_import_reports_constraint_failures(tmp_path):
     assert 'FOREIGN KEY' in report.skipped[0][1] and 'number' in report.skipped[1][1]
 
 
+def test_every_malformed_line_kind_is_skipped_alone(tmp_path):
+  """A lone surrogate, an integer beyond 64 bits, a non-finite score and non-UTF-8 bytes each
+  skip their own line; the good lines still import."""
+  lines = [json.dumps(_pair(i)).encode() for i in range(1, 7)]
+  lines[1] = b'{"prompt": "p2 \\ud800", "chosen": "c", "rejected": "r", "source": "human"}'
+  lines[2] = json.dumps(_pair(3, score=10 ** 30)).encode()
+  lines[3] = b'{"prompt": "p4", "chosen": "c", "rejected": "r", "source": "human", "score": NaN}'
+  lines[4] = b'{"prompt": "p5 \xff", "chosen": "c", "rejected": "r", "source": "human"}'
+  path = tmp_path / 'in.jsonl'
+  path.write_bytes(b'\n'.join(lines) + b'\n')
+  with RecordStore(tmp_path / 'r.db') as store:
+    report = store.import_jsonl('preferences', path)
+    reasons = dict(report.skipped)
+    assert report.imported == 2 and sorted(reasons) == [2, 3, 4, 5], report
+    assert 'lone surrogate' in reasons[2] and 'within 64 bits' in reasons[3]
+    assert 'finite' in reasons[4] and 'not UTF-8' in reasons[5]
+    assert [p['prompt'] for p in store.preferences()] == ['p1', 'p6']
+    # The same bad values through the API are the store's own error, not an encoder's.
+    with pytest.raises(RecordError, match='lone surrogate'):
+      store.add_generation('p \ud800', 'r', source='model')
+    with pytest.raises(RecordError, match='64 bits'):
+      store.add_preference('p', 'c', 'r', source='human', score=10 ** 30)
+
+
+def test_a_read_only_store_reads_and_refuses_writes(tmp_path, monkeypatch):
+  db = tmp_path / 'r.db'
+  with RecordStore(db) as store:
+    store.add_preferences([_pair(1), _pair(2)])
+  before = {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)}
+  # A read-only mount (root ignores permission bits, so the test stands it in for os.access):
+  # opened read-only and immutable, nothing written next to it, not even WAL's -shm file.
+  monkeypatch.setattr(records.os, 'access', lambda path, mode: not mode & os.W_OK)
+  with RecordStore(db) as store:
+    assert store.read_only and [p['prompt'] for p in store.preferences()] == ['p1', 'p2']
+    with pytest.raises(RecordError, match='open read-only'):
+      store.add_preference('p', 'c', 'r', source='human')
+  assert {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == before
+  with pytest.raises(RecordError, match='no such record store'):
+    RecordStore(tmp_path / 'missing.db', read_only=True)
+
+
+def test_a_damaged_store_is_refused_on_open(tmp_path):
+  db = tmp_path / 'r.db'
+  with RecordStore(db) as store:
+    store.add_preferences([_pair(i, metadata={'pad': 'x' * 300}) for i in range(200)])
+    store._conn.execute('PRAGMA wal_checkpoint(TRUNCATE)')
+  data = bytearray(db.read_bytes())
+  page = 4096
+  assert len(data) > 20 * page
+  data[10 * page: 11 * page] = os.urandom(page)   # one page of the table's b-tree overwritten
+  db.write_bytes(bytes(data))
+  with pytest.raises(RecordError, match='damaged record store|not a readable record store'):
+    RecordStore(db)
+  (tmp_path / 'junk.db').write_bytes(b'not a database at all' * 100)
+  with pytest.raises(RecordError, match='not a readable record store'):
+    RecordStore(tmp_path / 'junk.db')
+
+
 _WRITER = r'''
 import os, sys, time
 sys.path.insert(0, sys.argv[1])
