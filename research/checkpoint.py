@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import threading
@@ -37,6 +38,16 @@ from research import optim
 
 class DamagedCheckpoint(Exception):
   """A checkpoint that fails to restore or fails an integrity check (one line)."""
+
+
+class CheckpointSaveError(Exception):
+  """A checkpoint could not be written (a full disk, a read-only or vanished directory)."""
+
+
+# Room a save needs: the state's bytes times a margin (the OCDBT files' own overhead and the
+# old checkpoint kept until the new one commits), plus the small metadata files.
+SPACE_MARGIN = 1.25
+SPACE_OVERHEAD_BYTES = 256 * 1024
 
 
 class CheckpointMismatch(Exception):
@@ -154,8 +165,33 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def _save_failed(self, step: int | None, why: str) -> 'CheckpointSaveError':
+    done = [s for s in self.manager.all_steps() if s != step]
+    last = f'step {max(done)}' if done else 'none yet'
+    what = f'checkpoint {step}' if step is not None else 'a checkpoint'
+    return CheckpointSaveError(
+        f'saving {what} in {self.manager.directory} failed ({why}); last complete '
+        f'checkpoint: {last}; free space there (or fix the directory) and rerun the same '
+        'command: it resumes from that checkpoint')
+
   def save(self, step: int, state, rng: jax.Array, data_iter, meta: dict,
            metrics: dict | None = None) -> None:
+    """Saves (asynchronously) after checking there is room for it; a failed save, now or one
+    still in flight from before, raises CheckpointSaveError (one line)."""
+    need = SPACE_MARGIN * sum(np.size(x) * np.dtype(x.dtype).itemsize
+                              for x in jax.tree.leaves(state) if hasattr(x, 'dtype'))
+    need += SPACE_OVERHEAD_BYTES
+    free = shutil.disk_usage(self.manager.directory).free
+    if free < need:
+      self.wait()
+      raise self._save_failed(step, f'{free / 2**20:.1f} MiB free, about {need / 2**20:.1f} MiB '
+                                    'needed')
+    try:
+      self._save(step, state, rng, data_iter, meta, metrics)
+    except Exception as e:  # pylint: disable=broad-except  (a full disk, a vanished directory)
+      raise self._save_failed(step, _one_line(e)) from None
+
+  def _save(self, step, state, rng, data_iter, meta, metrics) -> None:
     if metrics is not None and self.best_metric not in metrics:
       metrics = None  # only eval steps rank for "best"
     args = ocp.args.Composite(
@@ -264,7 +300,10 @@ class Checkpointer:
     return restored['meta']
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except  (the in-flight async save failed)
+      raise self._save_failed(None, _one_line(e)) from None
 
   def close(self) -> None:
     self.manager.close()

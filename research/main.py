@@ -79,7 +79,7 @@ def main(argv):
     print(f'config error: {e}', file=sys.stderr)
     sys.exit(2)
   except (FileNotFoundError, checkpoint.WorkdirInUse, checkpoint.DamagedCheckpoint,
-          checkpoint.CheckpointMismatch) as e:
+          checkpoint.CheckpointMismatch, checkpoint.CheckpointSaveError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except trainer.NonFiniteError as e:  # a diverged run, not a bug: no traceback

@@ -5,6 +5,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 
 import jax
 import numpy as np
@@ -117,3 +118,53 @@ def test_resuming_with_another_model_is_one_line(runs, tmp_path):
   msg = str(info.value)
   assert '\n' not in msg and 'hold another model or optimizer than this config builds' in msg
   assert "saved, " in msg and 'its config.json' in msg
+
+
+def test_a_full_disk_stops_with_one_line_and_the_rerun_resumes(tmp_path, monkeypatch):
+  """Not enough room for the next checkpoint: one line naming the space and the last complete
+  checkpoint (before Orbax starts a write it cannot finish), and a rerun with room resumes."""
+  work = tmp_path / 'run'
+  real = checkpoint.shutil.disk_usage
+  saves = []
+
+  def disk_usage(path):
+    usage = real(path)
+    saves.append(path)
+    return usage._replace(free=100_000) if len(saves) > 2 else usage   # full after 2 saves
+  monkeypatch.setattr(checkpoint.shutil, 'disk_usage', disk_usage)
+  with pytest.raises(checkpoint.CheckpointSaveError) as info:
+    _train(work)
+  msg = str(info.value)
+  assert '\n' not in msg and msg.startswith(f'saving checkpoint 30 in {work}/checkpoints failed (')
+  assert 'MiB free, about' in msg and 'last complete checkpoint: step 20' in msg
+  monkeypatch.undo()
+  final = _train(work)
+  assert final['step'] == 40
+
+
+def test_a_failed_write_is_one_line(tmp_path, monkeypatch):
+  def fail(*a, **k):
+    raise OSError(28, 'No space left on device')
+  monkeypatch.setattr(checkpoint.Checkpointer, '_save', fail)
+  with pytest.raises(checkpoint.CheckpointSaveError,
+                     match=r'^saving checkpoint 10 in .* failed \(OSError: \[Errno 28\] No space '
+                           r'left on device\); last complete checkpoint: none yet'):
+    _train(tmp_path / 'run')
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='needs root to mount a small tmpfs')
+def test_a_really_full_disk_is_one_line_without_tracebacks(tmp_path):
+  mnt = tmp_path / 'small'
+  mnt.mkdir()
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=600k', 'tmpfs', str(mnt)],
+                    capture_output=True).returncode:
+    pytest.skip('cannot mount a tmpfs here')
+  try:
+    proc = helpers.cli([f'--config={helpers.ROOT}/experiments/vae_digits/config.py',
+                        f'--workdir={mnt}/run', '--config.train.num_steps=200',
+                        '--config.train.checkpoint_every=10'], check=False)
+  finally:
+    subprocess.run(['umount', str(mnt)], check=False)
+  errors = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  assert len(errors) == 1 and 'failed (' in errors[0] and 'MiB free' in errors[0], errors
