@@ -13,8 +13,10 @@ whether the run *reached its last step*:
   not run    never started: the launcher itself was stopped first
 
 SIGTERM or SIGINT to the launcher stops launching and forwards SIGTERM to every running job,
-which checkpoints and exits; the launcher then reports them and returns, so killing a sweep
-never leaves its runs behind.
+which checkpoints and exits; the launcher then reports them and returns. A launcher killed
+outright (SIGKILL) cannot forward anything: its runs ask Linux for SIGTERM when it dies
+(`PR_SET_PDEATHSIG`, set by research.main when started by a launcher), so killing a sweep never
+leaves its runs behind.
 """
 from __future__ import annotations
 
@@ -77,8 +79,14 @@ def last_line(path: str) -> str:
   return (errors or lines or [''])[-1][:300]
 
 
+# research.main reads this: a run started by a launcher gets SIGTERM (and so checkpoints and
+# exits) when the launcher dies, even by SIGKILL, which no handler can forward.
+PARENT_ENV = 'GENLAB_LAUNCHER_PID'
+
+
 def child_env(parallel: int) -> dict:
   env = dict(os.environ)
+  env[PARENT_ENV] = str(os.getpid())
   env['PYTHONPATH'] = os.pathsep.join(filter(None, [ROOT, env.get('PYTHONPATH')]))
   if parallel > 1:  # several processes on one accelerator: share its memory instead of 75% each
     env.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', f'{0.9 / parallel:.2f}')

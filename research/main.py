@@ -9,6 +9,7 @@ pass --distributed on a TPU VM pod / SLURM (JAX reads the environment), or --coo
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from absl import app, flags
@@ -60,8 +61,22 @@ def run(config, workdir: str, mode: str = 'train', step: int = -1) -> dict:
   return trainer.sample_checkpoint(config, workdir, step)
 
 
+def die_with_launcher() -> None:
+  """Started by research.launch (seeds, sweeps): ask Linux to send SIGTERM when the launcher
+  dies, however it dies, so the run checkpoints and exits instead of running on orphaned."""
+  parent = os.environ.get('GENLAB_LAUNCHER_PID')   # research.launch.PARENT_ENV
+  if not parent or not sys.platform.startswith('linux'):
+    return
+  import ctypes  # pylint: disable=g-import-not-at-top  (Linux only)
+  pr_set_pdeathsig = 1
+  ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+  if os.getppid() != int(parent):   # it died before the request took effect
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv):
   del argv  # checked by parse_flags
+  die_with_launcher()
   from research import metric_writers
   metric_writers.console_logging()
   import jax

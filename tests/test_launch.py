@@ -71,7 +71,7 @@ def test_a_second_run_on_a_busy_workdir_exits_2_and_a_killed_holder_frees_it(tmp
   assert any('resumed from step' in l for l in out)
 
 
-def test_a_stopped_sweep_stops_its_trials_then_resumes_them_to_the_end(tmp_path):
+def _sweep_file(tmp_path):
   sweep_file = tmp_path / 'sweep.py'
   sweep_file.write_text(textwrap.dedent(f'''
       from research.sweep import choice
@@ -84,15 +84,26 @@ def test_a_stopped_sweep_stops_its_trials_then_resumes_them_to_the_end(tmp_path)
                               'sampler.name': 'ddim', 'sampler.steps': 10,
                               'optimizer.schedule.warmup_steps': 10}}}}
   '''))
+  return sweep_file
+
+
+def _start_sweep(tmp_path):
+  """A one-trial sweep, returned once its trial is training: (process, output, args, workdir,
+  the trial's workdir)."""
   work = str(tmp_path / 'sweep')
   trial = os.path.join(work, 'trial_000')
-  args = [f'--sweep={sweep_file}', f'--workdir={work}']
+  args = [f'--sweep={_sweep_file(tmp_path)}', f'--workdir={work}']
   sweep, out, _ = _start(args, module='research.sweep')
   log = os.path.join(trial, 'run.log')
   deadline = time.time() + 300
   while not (os.path.exists(log) and '] step ' in open(log).read()):
     assert time.time() < deadline and sweep.poll() is None, ''.join(out)[-3000:]
     time.sleep(0.2)
+  return sweep, out, args, work, trial
+
+
+def test_a_stopped_sweep_stops_its_trials_then_resumes_them_to_the_end(tmp_path):
+  sweep, out, args, work, trial = _start_sweep(tmp_path)
   sweep.send_signal(signal.SIGTERM)
   assert sweep.wait(120) == 1, ''.join(out)[-3000:]       # stopped: not every trial finished
   assert _lock_is_free(trial)                             # the trial's process is gone too
@@ -109,3 +120,17 @@ def test_a_stopped_sweep_stops_its_trials_then_resumes_them_to_the_end(tmp_path)
   assert record['status'] == 'ok' and record['metric'] == final['eval']['loss']
   assert final['step'] == 800 and not final['preempted']
   assert f'resumed from step' in open(os.path.join(trial, 'run.log')).read()
+
+
+def test_a_sweep_killed_outright_still_stops_its_trials(tmp_path):
+  """SIGKILL reaches no handler: the trial learns of its launcher's death from the kernel
+  (PR_SET_PDEATHSIG), checkpoints and exits, so no orphan keeps training."""
+  sweep, out, _, _, trial = _start_sweep(tmp_path)
+  sweep.kill()
+  sweep.wait()
+  deadline = time.time() + 60
+  while not _lock_is_free(trial):
+    assert time.time() < deadline, 'the trial kept running after its sweep was killed'
+    time.sleep(0.2)
+  final = json.load(open(os.path.join(trial, 'final_metrics.json')))
+  assert final['preempted'] and 0 < final['step'] < 800
