@@ -228,6 +228,21 @@ def test_discrete_sigma_grids():
     S.discrete_sigmas(LOGSNR_T, 1001)
 
 
+def test_logsnr_level_grid_snaps_log_snr_targets_to_training_levels():
+  levels = np.asarray(LOGSNR_T, np.float64)
+  sigma_of = np.exp(-0.5 * levels)
+  for n in (2, 10, 50, 300):
+    grid = np.asarray(S.logsnr_level_sigmas(LOGSNR_T, n), np.float64)
+    assert grid[-1] == 0 and 2 <= len(grid) - 1 <= n
+    assert np.all(np.diff(grid) < 0)
+    idx = [int(np.argmin(np.abs(sigma_of - g))) for g in grid[:-1]]
+    np.testing.assert_allclose(grid[:-1], sigma_of[idx], rtol=1e-6)      # on the levels only
+    assert idx[0] == len(levels) - 1 and idx[-1] == 0                    # noisiest .. least
+    # Each step is the level nearest its log-SNR-uniform target.
+    targets = np.linspace(levels[-1], levels[0], n)
+    assert set(idx) == {int(np.argmin(np.abs(levels - t))) for t in targets}
+
+
 def test_continuous_sigmas():
   grid = S.continuous_sigmas(S.cosine_logsnr, 4)
   t = jnp.array([1., 0.75, 0.5, 0.25])

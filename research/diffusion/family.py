@@ -33,7 +33,7 @@ from research.train_state import TrainState
 
 PROCESSES = ('ddpm', 'vdm', 'edm')
 SCHEDULES = ('linear', 'cosine', 'learned')
-GRIDS = ('auto', 'discrete', 'time_uniform', 'karras', 'logsnr_uniform')
+GRIDS = ('auto', 'discrete', 'time_uniform', 'karras', 'logsnr_uniform', 'logsnr_levels')
 # grid='auto': the grid each sampler's paper uses. DPM-Solver++ steps uniformly in log-SNR (Lu et
 # al. 2022); on DDIM's uniform spacing of a discrete model its last step spans most of the
 # log-SNR range and it does worse than DDIM. Heun and Euler take EDM's Karras grid. Ancestral
@@ -99,7 +99,9 @@ class Diffusion(Family):
     c.sampler.name = 'ddpm'             # ddpm | ddim | euler | heun | dpmpp_2m
     c.sampler.steps = 0                 # 0: T for a discrete model, else 18
     c.sampler.grid = 'auto'             # auto (each sampler's own, AUTO_GRIDS) | discrete |
-                                        # time_uniform | karras | logsnr_uniform
+                                        # time_uniform | karras | logsnr_uniform |
+                                        # logsnr_levels (log-SNR-uniform, snapped to the
+                                        # training levels of a discrete model)
     c.sampler.eta = 0.0                 # ddim stochasticity (1 = ancestral)
     c.sampler.churn = 0.0               # heun: EDM's S_churn
     c.sampler.guidance = 0.0            # classifier-free guidance; 0 = the conditional model
@@ -151,8 +153,9 @@ class Diffusion(Family):
     configs.one_of(s.name, tuple(samplers.SAMPLERS), 'sampler.name')
     configs.one_of(s.grid, GRIDS, 'sampler.grid')
     discrete = d.process == 'ddpm' and d.num_timesteps > 0
-    configs.require(s.grid != 'discrete' or discrete, 'sampler.grid', s.grid,
-                    'a discrete grid needs a discrete-time ddpm (diffusion.num_timesteps > 0)')
+    configs.require(s.grid not in ('discrete', 'logsnr_levels') or discrete, 'sampler.grid',
+                    s.grid, 'a grid of training levels needs a discrete-time ddpm '
+                    '(diffusion.num_timesteps > 0)')
     configs.require(s.grid != 'time_uniform' or d.process != 'edm', 'sampler.grid', s.grid,
                     'edm has no time variable; use karras or logsnr_uniform')
     configs.require(s.steps >= 0, 'sampler.steps', s.steps, 'must be >= 0 (0 = default)')
@@ -380,6 +383,8 @@ class Diffusion(Family):
     steps, grid = self.sampler_steps(s), self.grid(s)
     if grid == 'discrete':
       return schedules.discrete_sigmas(self._levels, steps)
+    if grid == 'logsnr_levels':
+      return schedules.logsnr_level_sigmas(self._levels, steps)
     if grid == 'time_uniform':
       return schedules.continuous_sigmas(lambda t: self.logsnr_fn(params)(t)[0], steps)
     lo, hi = self.sigma_range(params)

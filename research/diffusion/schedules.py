@@ -293,6 +293,16 @@ def logsnr_uniform_sigmas(n: int, sigma_min: float, sigma_max: float) -> jax.Arr
   return _grid(np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n)))
 
 
+def logsnr_level_sigmas(logsnr_T, n: int) -> jax.Array:
+  """A discrete model's grid through its training levels nearest to n log-SNR-uniform targets
+  (from the noisiest level to the least noisy; duplicates dropped, so at most n steps), then 0:
+  DPM-Solver's spacing without querying the network between the levels it was trained on."""
+  levels = np.asarray(logsnr_T, np.float64)
+  targets = np.linspace(levels[-1], levels[0], n)     # noisiest first
+  picks = np.unique([int(np.argmin(np.abs(levels - t))) for t in targets])[::-1]
+  return _grid(np.exp(-0.5 * levels[picks]))
+
+
 def continuous_sigmas(logsnr_fn: Callable[[jax.Array], jax.Array], n: int,
                       t_min: float = 0.) -> jax.Array:
   """n steps uniform in t from 1 down to t_min for a continuous schedule: sigma(t_k) at
