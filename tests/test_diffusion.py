@@ -330,12 +330,12 @@ def test_two_samplers_on_one_checkpoint_coexist_and_are_scored_apart(tmp_path):
   other = config.copy_and_resolve_references()
   other.sampler.name, other.sampler.steps = 'dpmpp_2m', 3
   trainer.sample_checkpoint(other, str(tmp_path))
-  assert sample_sets.latest_tags(str(tmp_path)) == ['ddpm5-discrete', 'dpmpp_2m3-logsnr_uniform']
+  assert sample_sets.latest_tags(str(tmp_path)) == ['ddpm5-discrete', 'dpmpp_2m3-logsnr_levels']
   with pytest.raises(ValueError, match='--samples'):     # ambiguous: which set?
     evaluate.evaluate_run(str(tmp_path))
   results = {t: evaluate.evaluate_run(str(tmp_path), tag=t)
              for t in sample_sets.latest_tags(str(tmp_path))}
-  for tag, name in (('ddpm5-discrete', 'ddpm'), ('dpmpp_2m3-logsnr_uniform', 'dpmpp_2m')):
+  for tag, name in (('ddpm5-discrete', 'ddpm'), ('dpmpp_2m3-logsnr_levels', 'dpmpp_2m')):
     with open(tmp_path / f'eval_{tag}.json') as f:
       saved = json.load(f)
     assert saved['samples']['tag'] == tag and saved['samples']['sampler']['name'] == name
@@ -374,20 +374,26 @@ def test_sampler_table_specs():
 
 
 def test_auto_grid_is_each_samplers_own():
-  """grid='auto': DPM-Solver++ steps uniformly in log-SNR, Heun/Euler on Karras' grid, DDPM and
-  DDIM on the training levels (DDIM's uniform spacing); explicit grids are kept."""
+  """grid='auto': DPM-Solver++ steps uniformly in log-SNR (snapped to the training levels of a
+  discrete model), Heun/Euler on Karras' grid, DDPM and DDIM on the training levels (DDIM's
+  uniform spacing); explicit grids are kept."""
   from research.diffusion import family
   config = tiny('ddpm', toy=True)
   diff = family.Diffusion(config)
-  want = {'ddpm': 'discrete', 'ddim': 'discrete', 'dpmpp_2m': 'logsnr_uniform',
+  want = {'ddpm': 'discrete', 'ddim': 'discrete', 'dpmpp_2m': 'logsnr_levels',
           'heun': 'karras', 'euler': 'karras'}
   for name, grid in want.items():
     s = config.sampler.copy_and_resolve_references()
     s.name, s.steps = name, 20
     assert diff.grid(s) == grid, name
     sig = np.asarray(diff.sigmas(None, s))
-    if grid == 'logsnr_uniform':   # equal log-SNR steps down to the least noisy level
-      np.testing.assert_allclose(np.diff(np.log(sig[:-1])), np.log(sig[1] / sig[0]), rtol=1e-4)
+    if grid == 'logsnr_levels':    # training levels only, noisiest to least noisy
+      levels = np.exp(-0.5 * np.asarray(diff._levels, np.float64))
+      assert sig[0] == pytest.approx(levels[-1], rel=1e-5)
+      assert sig[-2] == pytest.approx(levels[0], rel=1e-5)
+  s.name, s.grid = 'dpmpp_2m', 'logsnr_uniform'   # equal log-SNR steps, between the levels
+  sig = np.asarray(diff.sigmas(None, s))
+  np.testing.assert_allclose(np.diff(np.log(sig[:-1])), np.log(sig[1] / sig[0]), rtol=1e-4)
   s.name, s.grid = 'dpmpp_2m', 'discrete'
   assert diff.grid(s) == 'discrete'
   config.sampler.name, config.sampler.steps = 'dpmpp_2m', 2000   # not bound to T levels
@@ -402,7 +408,7 @@ def test_sampler_table_on_2d_data_with_draws_and_bootstrap(tmp_path):
   trainer.train(config, str(tmp_path))
   specs = [sampler_table.parse_spec(s) for s in ('ddim:5', 'dpmpp_2m:5')]
   out = sampler_table.sampler_table(str(tmp_path), specs, num_samples=32, draws=3)
-  assert [r['grid'] for r in out['rows']] == ['discrete', 'logsnr_uniform']
+  assert [r['grid'] for r in out['rows']] == ['discrete', 'logsnr_levels']
   for r in out['rows']:
     assert r['num_draws'] == 3 and r['se_method'] == 'draws'
     assert r['frechet_distance_2d_se'] > 0 and 0 <= r['modes_captured'] <= 8
