@@ -353,8 +353,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   if config.init_from.workdir:
     require(os.path.isdir(config.init_from.workdir), 'init_from.workdir',
             config.init_from.workdir, 'no such directory; point it at a finished run')
+  fam.validate_config(config)   # first: it names a source run of another kind (e.g. tokenizer)
+  if config.init_from.workdir:
     ckpts = os.path.join(config.init_from.workdir, 'checkpoints')
     require(os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts)),
             'init_from.workdir', config.init_from.workdir,
             'has no checkpoints; point it at a run that saved one (its checkpoints/<step>)')
-  fam.validate_config(config)

@@ -210,8 +210,9 @@ def test_init_from_copies_every_parameter(data_dir, pretrained, tmp_path):
 
 
 def _fake_run(tmp_path, name, config):
+  """A run directory with its config.json and an (empty) checkpoint step directory."""
   work = tmp_path / name
-  work.mkdir()
+  (work / 'checkpoints' / '1').mkdir(parents=True)
   (work / 'config.json').write_text(json.dumps(config.to_dict()))
   return str(work)
 

@@ -347,7 +347,8 @@ def test_more_config_errors(monkeypatch):
   datasets.validate(_cfg(tokenizer='char', vocab_size=200))      # vocab_size is bpe's only
   image = configs.common_defaults().data
   image.seq_len = 128
-  assert "config.data.seq_len=128: applies only to text datasets ['shakespeare', 'lm1b']" in _error(image)
+  assert ("config.data.seq_len=128: applies only to text datasets ['shakespeare', "
+          "'shakespeare_tail', 'lm1b']") in _error(image)
   real = importlib.util.find_spec
   monkeypatch.setattr(importlib.util, 'find_spec',
                       lambda name, *a: None if name in ('shksprdata', 'sentencepiece')
