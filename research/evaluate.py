@@ -37,6 +37,7 @@ from absl import app, flags
 from research import evaluate_text
 from research import sample_sets as sets_lib
 from research.evaluation import stats
+from research.metric_writers import MetricWriter
 
 FLAGS = flags.FLAGS
 
@@ -186,16 +187,14 @@ def _write_result(workdir: str, result: dict) -> None:
   tag, step = result['samples']['tag'], result['step']
   with open(sets_lib.eval_path(workdir, tag), 'w') as f:
     json.dump(result, f, indent=2, sort_keys=True)
-  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-  tb = SummaryWriter(os.path.join(workdir, 'tb'))
+  writer = MetricWriter(workdir, 0, 0)   # the run's own writer: TensorBoard and metrics.jsonl
   group = f'sample_quality_{tag}' if tag else 'sample_quality'
-  for k, v in result['metrics'].items():
-    tb.add_scalar(f'{group}/{k}', float(v), step)
-  for k, v in result['reference_test_vs_train'].items():
-    tb.add_scalar(f'sample_quality_reference/{k}', float(v), step)
-  tb.add_text(f'{group}/feature_space', f"{result['feature_space']}; test accuracy "
-              f"{result['feature_net_test_accuracy']}", step)
-  tb.close()
+  writer.write_scalars(step, {k: float(v) for k, v in result['metrics'].items()}, group)
+  writer.write_scalars(step, {k: float(v) for k, v in result['reference_test_vs_train'].items()},
+                       'sample_quality_reference')
+  writer.write_summary_text(step, f'{group}/feature_space', f"{result['feature_space']}; test "
+                            f"accuracy {result['feature_net_test_accuracy']}")
+  writer.close()
 
 
 def toy_metrics(points, dataset: str, test) -> dict:

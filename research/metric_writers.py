@@ -146,6 +146,12 @@ class MetricWriter:
     self._tb.add_text(f'{name}{suffix}', body, step)
     return path
 
+  def write_summary_text(self, step: int, tag: str, text: str) -> None:
+    """A TensorBoard text summary only (no file)."""
+    if self.is_main:
+      self._tb.add_text(tag, text, step)
+      self._tb.flush()
+
   def write_json(self, name: str, obj: dict) -> None:
     """Strict JSON: NaN/inf become null, their dotted paths listed under 'nonfinite'."""
     if self.is_main:
