@@ -108,6 +108,11 @@ def test_evaluate_cli_writes_eval_json(cache, vae_run):
   assert np.isfinite(saved['reference_test_vs_train']['frechet_distance'])
   assert os.path.exists(saved['memorization']['worst_offenders_png'])
   assert os.listdir(os.path.join(vae_run, 'tb'))
+  # Logged through the run's own writer: TensorBoard and a metrics.jsonl line per group.
+  logged = [json.loads(l) for l in open(os.path.join(vae_run, 'metrics.jsonl'))]
+  quality = [l for l in logged if l['split'] == 'sample_quality']
+  assert quality and quality[-1]['frechet_distance'] == pytest.approx(
+      saved['metrics']['frechet_distance']) and quality[-1]['step'] == saved['step']
 
 
 def test_evaluate_skips_metrics_with_too_few_samples(cache, vae_run):
