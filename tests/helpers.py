@@ -1,4 +1,5 @@
 """Shared test helpers: load experiment configs, run the CLI in a subprocess."""
+import contextlib
 import importlib.util
 import os
 import socket
@@ -42,6 +43,22 @@ def cli(args, timeout=600, env=None, check=True):
     raise AssertionError(f'exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n'
                          f'{proc.stderr[-5000:]}')
   return proc
+
+
+@contextlib.contextmanager
+def tmpfs(path, options: str):
+  """A tmpfs mounted at `path` (made) with mount `options` for the block; skips the test where
+  it cannot be mounted (not root, no CAP_SYS_ADMIN). Root ignores permission bits, so a full or
+  read-only filesystem is the only honest stand-in for a full disk or a read-only mount."""
+  import pytest  # pylint: disable=g-import-not-at-top  (only tests use this helper)
+  os.makedirs(path, exist_ok=True)
+  if os.geteuid() != 0 or subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs',
+                                          str(path)], capture_output=True).returncode:
+    pytest.skip('cannot mount a tmpfs here')
+  try:
+    yield str(path)
+  finally:
+    subprocess.run(['umount', str(path)], check=False)
 
 
 def free_port() -> int:

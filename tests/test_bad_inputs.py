@@ -155,21 +155,13 @@ def test_a_misspelled_best_metric_stops_at_the_first_eval_with_the_run_saved(tmp
   assert 'resumed from step 10' in rerun.stderr
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason='needs root to mount a read-only tmpfs')
 def test_a_read_only_workdir_is_one_line_exit_2(tmp_path):
   """A read-only filesystem (root's writes fail there too, unlike a chmod)."""
-  mnt = tmp_path / 'ro'
-  mnt.mkdir()
-  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'ro,size=1m', 'tmpfs', str(mnt)],
-                    capture_output=True).returncode:
-    pytest.skip('cannot mount a tmpfs here')
-  try:
+  with helpers.tmpfs(tmp_path / 'ro', 'ro,size=1m') as mnt:
     proc = subprocess.run([sys.executable, '-m', 'research.main', f'--config={VAE}',
                            f'--workdir={mnt}/run', *TINY], cwd=helpers.ROOT,
                           capture_output=True, text=True, timeout=300)
     assert not os.listdir(mnt)
-  finally:
-    subprocess.run(['umount', str(mnt)], check=False)
   lines = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
   assert lines == [f'error: --workdir={mnt}/run: {mnt} is not writable; pick a writable path']
