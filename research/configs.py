@@ -234,16 +234,18 @@ def flag_error_line(error: Exception, argv: Sequence[str]) -> str:
   return f'config error: --{field}: {msg}' if field else f'flag error: {msg}'
 
 
-def parse_command_flags(argv: Sequence[str], required: Sequence[str] = ('workdir',)) -> list[str]:
+def parse_command_flags(argv: Sequence[str], required: Sequence[str] = ('workdir',),
+                        positional: bool = False) -> list[str]:
   """absl flag parsing for the project's commands with one-line errors and exit code 2: a bad
-  flag or `--config.*` override, a stray positional argument, a missing required flag, and a
-  `--config` file that does not load (config_flags defers that error to first use)."""
+  flag or `--config.*` override, a stray positional argument (unless `positional`), a missing
+  required flag, and a `--config` file that does not load (config_flags defers that error to
+  first use)."""
   from absl import flags  # pylint: disable=g-import-not-at-top  (commands only)
   try:
     rest = flags.FLAGS(argv)
   except Exception as e:  # config_flags raises AttributeError/KeyError/TypeError/flags.Error
     _exit(flag_error_line(e, argv))
-  if len(rest) > 1:
+  if len(rest) > 1 and not positional:
     _exit(f'flag error: unexpected arguments {rest[1:]}; every option is --name=value')
   for name in required:
     if flags.FLAGS[name].value is None:
@@ -273,9 +275,13 @@ def config_file_error(error: Exception, argv: Sequence[str]) -> str:
   return f'flag error: --config={spec}: {why}'
 
 
-def _exit(message: str):
+def fail(message: str):
+  """A command's one-line error: the message on stderr, exit code 2."""
   print(message, file=sys.stderr)
   sys.exit(2)
+
+
+_exit = fail
 
 
 def require(ok: bool, field: str, value: Any, why: str) -> None:

@@ -1,8 +1,12 @@
 """Deduplication: planted exact and near duplicates in images and texts are found, nothing else."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from research.evaluation import dedup
+from tests import helpers
 
 
 def _planted_images(seed=0):
@@ -117,3 +121,14 @@ def test_minhash_estimates_jaccard():
   assert abs(est - dedup.jaccard(a, b)) < 0.08
   assert dedup.shingles('One two three four five six', k=2, unit='word') == {
       'one two', 'two three', 'three four', 'four five', 'five six'}
+
+
+def test_the_dedup_command_measures_a_packaged_split():
+  """`python -m research.evaluation.dedup NAMES --rms=A,B` (absl flags like every command)."""
+  proc = subprocess.run([sys.executable, '-m', 'research.evaluation.dedup', 'digits',
+                         '--rms=0.02,0.05', '--limit=500'], cwd=helpers.ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.strip().splitlines()
+  assert [l.split(' {')[0] for l in lines] == [
+      'digits/train shape=(500, 8, 8, 1) rms=0.02', 'digits/train shape=(500, 8, 8, 1) rms=0.05']

@@ -318,27 +318,46 @@ def dedup_texts(texts: Sequence[str], jaccard_threshold: float = 0.5, k: int = 5
 # Measuring the packaged datasets:  python -m research.evaluation.dedup [names...]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-  import argparse  # pylint: disable=g-import-not-at-top
+def _define_flags():
+  """Flags exist only when this module is the command (importing it defines none)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top  (the command only)
+  flags.DEFINE_string('split', 'train', 'The split to measure (a TFDS split spec).')
+  flags.DEFINE_string('data_dir', '', 'Where the package datasets are prepared.')
+  flags.DEFINE_list('rms', ['0.02'], 'Near-duplicate RMS thresholds per pixel, comma-separated.')
+  flags.DEFINE_integer('limit', 0, 'First N examples only (0 = all).', lower_bound=0)
+
+
+def main(argv: Sequence[str]) -> None:
+  """python -m research.evaluation.dedup [names...] [--split=train] [--rms=0.02,0.05]."""
   import time  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from research import configs  # pylint: disable=g-import-not-at-top
   from research.data import datasets  # pylint: disable=g-import-not-at-top
-  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  ap.add_argument('names', nargs='*', default=['digits', 'mnist', 'fashion_mnist'])
-  ap.add_argument('--split', default='train')
-  ap.add_argument('--data_dir', default='')
-  ap.add_argument('--rms', type=float, nargs='+', default=[0.02])
-  ap.add_argument('--limit', type=int, default=0, help='first N examples only (0 = all)')
-  args = ap.parse_args(argv)
-  for name in args.names:
-    images, _ = datasets.read_package_split(name, args.data_dir, args.split)
-    if args.limit:
-      images = images[:args.limit]
-    for rms in args.rms:
+  f = flags.FLAGS
+  names = list(argv[1:]) or ['digits', 'mnist', 'fashion_mnist']
+  try:
+    rms_values = [float(r) for r in f.rms]
+  except ValueError:
+    configs.fail(f'flag error: --rms={",".join(f.rms)}: must be comma-separated numbers')
+  for name in names:
+    if (name not in datasets.DATASETS or datasets.DATASETS[name].package is None
+        or datasets.is_text(name) or datasets.is_toy(name)):
+      configs.fail(f'flag error: {name!r} is not a packaged image dataset; use digits, mnist '
+                   'or fashion_mnist')
+  for name in names:
+    images, _ = datasets.read_package_split(name, f.data_dir, f.split)
+    if f.limit:
+      images = images[:f.limit]
+    for rms in rms_values:
       t0 = time.time()
       c = dataset_dedup_counts(images, rms_threshold=rms)
-      print(f'{name}/{args.split} shape={images.shape} rms={rms} {c} '
+      print(f'{name}/{f.split} shape={images.shape} rms={rms} {c} '
             f'({time.time() - t0:.1f} s)', flush=True)
 
 
 if __name__ == '__main__':
-  main()
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from research import configs  # pylint: disable=g-import-not-at-top
+  _define_flags()
+  app.run(main, flags_parser=lambda argv: configs.parse_command_flags(argv, required=(),
+                                                                       positional=True))
