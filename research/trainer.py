@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any, Callable
 
@@ -408,9 +409,13 @@ def _train(config, workdir, on_step, mesh, guard) -> dict:
     """A signal during sampling (its step already saved): wait for the save, then end now."""
     logging.warning('preempted during sampling at step %d: checkpoint saved; exiting (rerun the '
                     'same command to resume: the samples are redone)', step)
-    ckpt.wait()
-    writer.write_json('final_metrics.json', summary(True))
-    writer.flush()
+    try:
+      ckpt.wait()
+      writer.write_json('final_metrics.json', summary(True))
+      writer.flush()
+    except Exception as e:  # pylint: disable=broad-except  (this thread must end the process)
+      print(f'error: {e}', file=sys.stderr, flush=True)
+      os._exit(2)  # pylint: disable=protected-access
     os._exit(0)  # pylint: disable=protected-access
 
   def phases(do_eval: bool, do_sample: bool) -> tuple[dict | None, bool, bool]:
