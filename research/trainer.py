@@ -14,7 +14,6 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -219,20 +218,8 @@ def write_sample_info(npz_path: str, settings: dict, **info) -> str:
   return path
 
 
-@jax.jit
-def _all_finite(leaves: list) -> jax.Array:
-  return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
-
-
-def _nonfinite_state(state) -> list[str]:
-  """Paths of the state's floating leaves holding NaN/inf (empty when all finite), from one
-  small jitted reduction: cheap next to a checkpoint save."""
-  leaves = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]
-            if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.inexact)]
-  if not leaves:
-    return []
-  ok = parallel.to_host(_all_finite([x for _, x in leaves]))
-  return [jax.tree_util.keystr(p) for (p, _), good in zip(leaves, ok) if not good]
+# Paths of a state's floating leaves holding NaN/inf, from one small jitted reduction.
+_nonfinite_state = ckpt_lib.nonfinite_paths
 
 
 def _nonfinite_metrics(host: list[dict], first_step: int, limit: float = 0.0) -> str | None:
