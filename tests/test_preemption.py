@@ -92,7 +92,7 @@ def test_sigterm_during_a_1000_step_sampler_saves_and_exits_at_once(tmp_path):
   code, took, out = _run(_args(args[0], cut, *args[1:]), 'eval at step 10', signal_after=1.0)
   assert code == 0, out[-3000:]
   # Out within seconds, well before the sampling phase (and the process) would have ended.
-  assert took < min(EXIT_WITHIN_S, phase - 5), f'{took:.1f} s to exit; sampling takes {phase:.1f}'
+  assert took < min(EXIT_WITHIN_S, phase / 2), f'{took:.1f} s to exit; sampling takes {phase:.1f}'
   assert 'preempted during sampling at step 10' in out and 'Traceback' not in out
   assert _pending(cut) == ['sample']
   final = json.load(open(os.path.join(cut, 'final_metrics.json')))
@@ -104,15 +104,16 @@ def test_sigterm_during_a_1000_step_sampler_saves_and_exits_at_once(tmp_path):
 
 
 def test_sigterm_during_a_long_eval_stops_between_batches(tmp_path):
-  # vae_digits with IWAE k=8000 over 30 batches of 10 digits: an eval of many short calls.
-  args = ('vae_digits/config.py', '--config.eval.iwae_k=8000', '--config.eval.iwae_chunk=500',
+  # vae_digits with IWAE k=20000 over 30 batches of 10 digits: an eval of many short calls
+  # (about 10 s on an idle 2-core machine).
+  args = ('vae_digits/config.py', '--config.eval.iwae_k=20000', '--config.eval.iwae_chunk=500',
           '--config.eval.batch_size=10', '--config.eval.num_samples=16')
   straight, cut = str(tmp_path / 'straight'), str(tmp_path / 'cut')
   code, phase, out = _run(_args(args[0], straight, *args[1:]), 'step 10: eval')
   assert code == 0, out[-3000:]
   code, took, out = _run(_args(args[0], cut, *args[1:]), 'step 10: eval', signal_after=1.0)
   assert code == 0, out[-3000:]
-  assert took < min(EXIT_WITHIN_S, phase - 5), f'{took:.1f} s to exit; the eval takes {phase:.1f}'
+  assert took < min(EXIT_WITHIN_S, phase / 2), f'{took:.1f} s to exit; the eval takes {phase:.1f}'
   assert 'eval at step 10' not in out and 'Traceback' not in out
   assert _pending(cut) == ['eval', 'sample']
   assert not os.path.exists(os.path.join(cut, 'metrics.jsonl')) or not _evals(cut)
