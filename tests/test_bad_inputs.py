@@ -28,8 +28,11 @@ def _snapshot(path):
     return None
   if os.path.isfile(path):
     return ('file', os.path.getsize(path))
+  # `.lock` is left out: a run that takes the workdir lock rewrites its holder line (pid, host,
+  # time) before it can check the checkpoints, and that is bookkeeping, not a change to the run.
   return sorted((os.path.relpath(os.path.join(d, f), path), os.path.getsize(os.path.join(d, f)))
-                for d, _, files in os.walk(path) for f in files)
+                for d, _, files in os.walk(path) for f in files
+                if os.path.relpath(os.path.join(d, f), path) != '.lock')
 
 
 # (name, command module, arguments ({new}: a fresh workdir path, {run}: the trained run's copy,
