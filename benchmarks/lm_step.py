@@ -289,8 +289,8 @@ def main(argv=None) -> int:
   peak = matmul_peak(args.matmul_size)
   # Vocabulary and pad id: the char tokenizer's (cached on disk; the family loads the same one)
   # unless --vocab. One random token batch, shared by both models.
-  from research.data import text as text_data  # pylint: disable=g-import-not-at-top
-  tok = text_data.tokenizer(our_config(args).data)
+  from research.data import corpus  # pylint: disable=g-import-not-at-top
+  tok = corpus.tokenizer(our_config(args).data)
   vocab = args.vocab or tok.vocab_size
   pad_id = tok.pad_id if tok.pad_id < vocab else 0
   rng = np.random.default_rng(0)

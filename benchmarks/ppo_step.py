@@ -58,9 +58,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from research import configs, parallel, trainer  # noqa: E402
+from research.data import tokenizers  # noqa: E402
 from research.lm import generate as gen  # noqa: E402
 from research.lm import model as model_lib  # noqa: E402
-from research.lm import tokenizers  # noqa: E402
 from research.rlhf import heads  # noqa: E402
 from train_step import load_config, matmul_peak, set_gpt2_like_model  # noqa: E402  (benchmarks/train_step.py)
 
@@ -187,7 +187,7 @@ class Peer:
     self.ppo_mod, self.unwrap = ppo_mod, unwrap_model_for_generation
     torch.manual_seed(0)
 
-    # Ids as ours: pad 0, bos 1, eos 2, unk 3 (research/lm/tokenizers.py), the rest opaque.
+    # Ids as ours: pad 0, bos 1, eos 2, unk 3 (research/data/tokenizers.py), the rest opaque.
     names = ['<pad>', '<bos>', '<eos>', '<unk>'] + [f'<t{i}>' for i in range(4, vocab)]
     self.tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer(models.WordLevel({n: i for i, n in enumerate(names)},
@@ -320,8 +320,8 @@ def main(argv=None) -> int:
     rm_dir = reward_workdir(args, tmp)
     # Vocabulary: the char tokenizer's (the family loads it). Synthetic prompts: ids past the
     # specials (no PAD, so every prompt is prompt_len real tokens; no EOS / BOS either).
-    from research.data import text as text_data  # pylint: disable=g-import-not-at-top
-    vocab = text_data.tokenizer(our_config(args, rm_dir).data).vocab_size
+    from research.data import corpus  # pylint: disable=g-import-not-at-top
+    vocab = corpus.tokenizer(our_config(args, rm_dir).data).vocab_size
     rng = np.random.default_rng(0)
     prompts = rng.integers(tokenizers.NUM_SPECIAL, vocab,
                            (args.batch, args.prompt_len)).astype(np.int32)

@@ -13,13 +13,14 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Any, Callable, Iterable, Sequence
+from typing import Sequence
 
 import ml_collections
 
-
-class ConfigError(ValueError):
-  """A config problem, phrased as one line: the field, what is wrong, how to fix it."""
+from research import curriculum
+# Re-exported: configs.ConfigError, configs.require, ... (research/config_checks.py).
+from research.config_checks import ConfigError, one_of, parse_list, require  # noqa: F401
+from research.data import datasets
 
 
 # Families the harness knows: name -> "module:Class". Imported lazily so a config error never
@@ -61,7 +62,7 @@ def common_defaults() -> ml_collections.ConfigDict:
   c.data.read_threads = 4               # grain prefetch threads on each host
   c.data.dedup = 'none'  # none | exact | near: drop duplicate train examples (see research/evaluation/dedup.py)
   c.data.dedup_rms = 0.02  # near: per-pixel RMS distance under which two images are duplicates
-  c.data.tokenizer = 'char'       # text: byte | char | bpe (research/lm/tokenizers.py)
+  c.data.tokenizer = 'char'       # text: byte | char | bpe (research/data/tokenizers.py)
   c.data.vocab_size = 2048        # text, tokenizer='bpe': sentencepiece vocabulary size
   c.data.seq_len = 256            # text: tokens of context per window (rows hold seq_len + 1)
   c.data.records = ''             # shakespeare_preferences: the SQLite record store holding the
@@ -244,20 +245,20 @@ def parse_command_flags(argv: Sequence[str], required: Sequence[str] = ('workdir
   try:
     rest = flags.FLAGS(argv)
   except Exception as e:  # config_flags raises AttributeError/KeyError/TypeError/flags.Error
-    _exit(flag_error_line(e, argv))
+    fail(flag_error_line(e, argv))
   if len(rest) > 1 and not positional:
-    _exit(f'flag error: unexpected arguments {rest[1:]}; every option is --name=value')
+    fail(f'flag error: unexpected arguments {rest[1:]}; every option is --name=value')
   for name in required:
     if flags.FLAGS[name].value is None:
-      _exit(f'flag error: --{name} is required')
+      fail(f'flag error: --{name} is required')
   if 'config' in flags.FLAGS and flags.FLAGS['config'].value is None:
-    _exit('flag error: --config is required (an experiment\'s config.py, e.g. '
+    fail('flag error: --config is required (an experiment\'s config.py, e.g. '
           '--config=experiments/vae_digits/config.py)')
   if 'config' in flags.FLAGS:
     try:
       getattr(flags.FLAGS.config, 'keys')  # a file that failed to load raises on first use
     except Exception as e:  # pylint: disable=broad-except
-      _exit(config_file_error(e, argv))
+      fail(config_file_error(e, argv))
   return rest
 
 
@@ -281,43 +282,25 @@ def fail(message: str):
   sys.exit(2)
 
 
-_exit = fail
 
 
-def require(ok: bool, field: str, value: Any, why: str) -> None:
-  """Raises a one-line ConfigError for `config.<field>` unless `ok`."""
-  if not ok:
-    raise ConfigError(f'config.{field}={value!r}: {why}')
 
 
-def parse_list(text: str, field: str, cast: Callable = float) -> list:
-  """Comma-separated config strings ('1000,2000') -> list, with a clear error."""
-  if not text.strip():
-    return []
-  try:
-    return [cast(t) for t in text.split(',')]
-  except ValueError:
-    raise ConfigError(f'config.{field}={text!r}: must be comma-separated '
-                      f'{cast.__name__}s, e.g. "1000,2000"') from None
 
-
-def one_of(value, choices: Iterable, field: str) -> None:
-  choices = list(choices)
-  require(value in choices, field, value, f'must be one of {choices}')
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
   """Checks a whole config; raises ConfigError on the first problem. Cheap: compiles nothing."""
+  # The JAX modules are imported here, not at the top, so that `import research.configs` and a
+  # data check never load JAX (tests/test_data.py test_validate_is_cheap).
+  from research import family as family_lib  # pylint: disable=g-import-not-at-top
+  from research import optim, precision, sharding  # pylint: disable=g-import-not-at-top
   fam = family_class(config.family)
   check_schema(config, defaults(config.family))
-  # Local imports keep `configs` importable from every module without cycles.
-  from research import curriculum, optim, precision
-  from research.data import datasets
   pc = config.parallel
   one_of(pc.mode, ('data', 'sharded'), 'parallel.mode')
   one_of(config.precision.compute, precision.DTYPES, 'precision.compute')  # moments: by optim
   if pc.mode == 'sharded':
-    from research import family as family_lib, sharding
     require(fam.objective is not family_lib.Family.objective, 'parallel.mode', pc.mode,
             f'family {config.family!r} writes its own train step (several players); '
             "use parallel.mode='data'")

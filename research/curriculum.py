@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from research.configs import ConfigError, one_of, parse_list, require
+from research.config_checks import ConfigError, one_of, parse_list, require
 
 CURRICULA = ('none', 'linear', 'cosine', 'exponential', 'step', 'piecewise')
 _NEED_STEPS = ('linear', 'cosine', 'exponential', 'step')

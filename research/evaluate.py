@@ -34,9 +34,11 @@ import time
 import numpy as np
 from absl import app, flags
 
-from research import evaluate_text
 from research import sample_sets as sets_lib
-from research.evaluation import stats
+from research import evaluate_text, metric_writers
+from research.data import datasets, readers, toy
+from research.evaluation import sample_quality as sq
+from research.evaluation import class_coverage, features, memorization, stats, toy_mixtures
 from research.metric_writers import MetricWriter
 
 FLAGS = flags.FLAGS
@@ -74,20 +76,18 @@ def evaluate_run(workdir: str, num_samples: int = 0, max_real: int = 10000,
   `load_samples`) on `num_draws` independent draws of it: `metrics` holds each metric's mean
   over the draws and its standard error (`<name>_se`), `draws` the per-draw values. Writes
   eval.json (eval_<tag>.json) and TensorBoard scalars."""
-  from research.data import datasets, pipeline  # pylint: disable=g-import-not-at-top
-  from research.evaluation import class_coverage, features, memorization  # pylint: disable=g-import-not-at-top
-  from research.evaluation import sample_quality as sq  # pylint: disable=g-import-not-at-top
   if num_draws < 1:
     raise ValueError(f'--draws={num_draws}: need at least 1 draw (3 or more for an error bar)')
   start = time.perf_counter()
   with open(os.path.join(workdir, 'config.json')) as f:
     config = features.config_from_json(json.load(f))
-  if datasets.is_toy(config.data.name):
-    return evaluate_toy_run(workdir, config, num_samples, tag, num_draws)
-  if datasets.is_text(config.data.name):
-    return evaluate_text.evaluate_text_run(workdir, config, num_samples, tag, num_draws)
   if config.data.name not in datasets.DATASETS:
-    raise ValueError(f'config.data.name={config.data.name!r} is not an image dataset')
+    raise ValueError(f'config.data.name={config.data.name!r} is not a known dataset')
+  key = datasets.spec(config.data.name).key   # what a sample is: 2-D points, text or an image
+  if key == 'x':
+    return evaluate_toy_run(workdir, config, num_samples, tag, num_draws)
+  if key == 'tokens':
+    return evaluate_text.evaluate_text_run(workdir, config, num_samples, tag, num_draws)
 
   step, draws, made_by = sets_lib.load_samples(workdir, config, num_samples, 'images', tag,
                                                num_draws)
@@ -95,9 +95,9 @@ def evaluate_run(workdir: str, num_samples: int = 0, max_real: int = 10000,
   space = info['feature_space']
 
   def split(name):
-    read = pipeline.reader(config.data, name)
+    read = datasets.reader(config.data, name)
     imgs, labels = read.rows(np.arange(read.num_examples))
-    return pipeline.to_float(imgs), np.asarray(labels)
+    return readers.to_float(imgs), np.asarray(labels)
 
   train_x, train_y = split(config.data.train_split)
   test_x, _ = split(config.data.eval_split)
@@ -200,9 +200,6 @@ def _write_result(workdir: str, result: dict) -> None:
 def toy_metrics(points, dataset: str, test) -> dict:
   """One draw of 2-D points: mode coverage by the PacGAN protocol on the first 2,500 (mixtures
   only; with the mode `histogram`) and the Frechet distance of the coordinates to `test`."""
-  from research.data import toy  # pylint: disable=g-import-not-at-top
-  from research.evaluation import toy_mixtures  # pylint: disable=g-import-not-at-top
-  from research.evaluation import sample_quality as sq  # pylint: disable=g-import-not-at-top
   out = {}
   if (modes := toy.modes(dataset)) is not None:
     cov = toy_mixtures.mode_coverage(points[:toy_mixtures.PACGAN_NUM_SAMPLES], modes,
@@ -218,13 +215,10 @@ def evaluate_toy_run(workdir: str, config, num_samples: int = 0, tag: str | None
   """2-D toy data: mode coverage by the PacGAN protocol for the mixtures (on the first 2,500
   samples), and Frechet distance and precision / recall on the raw coordinates against the
   test split for every toy set; mean and standard error over `num_draws` draws."""
-  from research.data import pipeline, toy  # pylint: disable=g-import-not-at-top
-  from research.evaluation import toy_mixtures  # pylint: disable=g-import-not-at-top
-  from research.evaluation import sample_quality as sq  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   step, draws, made_by = sets_lib.load_samples(workdir, config, num_samples, 'points', tag,
                                                num_draws)
-  read = pipeline.reader(config.data, config.data.eval_split)
+  read = datasets.reader(config.data, config.data.eval_split)
   test = np.asarray(read.rows(np.arange(read.num_examples))[0], np.float64)
   notes, per_draw, histograms = {}, [], []
   modes = toy.modes(config.data.name)
@@ -286,7 +280,6 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if FLAGS.workdir is None:
     raise app.UsageError('--workdir is required')
-  from research import metric_writers  # pylint: disable=g-import-not-at-top
   metric_writers.console_logging()
   tags = FLAGS.samples
   if tags == ['all']:

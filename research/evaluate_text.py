@@ -20,8 +20,9 @@ import jax
 import numpy as np
 
 from research import configs, sample_sets, trainer
-from research.data import text
+from research.data import corpus
 from research.evaluation import memorization, stats, text_metrics
+from research.rlhf import sentiment
 
 COPY_CHARS = 50       # a sample copying this many training characters verbatim is flagged
 MIN_OVERLAP = 10      # spans shorter than this count as no overlap
@@ -60,7 +61,6 @@ def sample_metrics(texts: list[str], tokens: list[list[int]], train_text: str,
 
 def _true_reward(config):
   if config.get('rlhf') and config.rlhf.get('true_reward') == 'sentiment':
-    from research.rlhf import sentiment  # pylint: disable=g-import-not-at-top  (rlhf above data)
     return sentiment.scores
   return None
 
@@ -73,7 +73,7 @@ def evaluate_text_run(workdir: str, config, num_samples: int = 0, tag: str | Non
   step, draws, made_by = sample_sets.load_samples(workdir, config, num_samples,
                                                   ('tokens', 'mask'), tag, num_draws)
   family = configs.family_class(config.family)(sample_sets.with_settings(config, made_by))
-  train = text.train_text(config.data)
+  train = corpus.train_text(config.data)
   grams, true_reward = memorization.text_kgrams(train, MIN_OVERLAP), _true_reward(config)
   per_draw, examples = [], []
   for d in draws:

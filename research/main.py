@@ -13,7 +13,10 @@ import signal
 import sys
 
 from absl import app, flags
+import jax
 from ml_collections import config_flags
+
+from research import checkpoint, configs, metric_writers, parallel, trainer
 
 FLAGS = flags.FLAGS
 
@@ -49,8 +52,6 @@ def workdir_problem(workdir: str, mode: str) -> str | None:
 def run(config, workdir: str, mode: str = 'train', step: int = -1) -> dict:
   """Validates the config and the workdir (nothing compiles, workdir untouched on error), then
   runs `mode`."""
-  import jax  # after flags: device setup must come first
-  from research import configs, trainer
   configs.validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
   if problem := workdir_problem(workdir, mode):
     raise FileNotFoundError(problem)
@@ -77,17 +78,13 @@ def die_with_launcher() -> None:
 def main(argv):
   del argv  # checked by parse_flags
   die_with_launcher()
-  from research import metric_writers
   metric_writers.console_logging()
-  import jax
   if FLAGS.cpu_devices:
     jax.config.update('jax_num_cpu_devices', FLAGS.cpu_devices)
-  from research import configs, parallel
   if FLAGS.coordinator:
     parallel.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
   elif FLAGS.distributed:
     parallel.initialize_distributed()
-  from research import checkpoint, trainer  # after distributed start-up (they use devices)
   try:
     run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.step)
   except configs.ConfigError as e:
@@ -104,7 +101,6 @@ def main(argv):
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing; every bad flag, override or --config file is one line, exit code 2."""
-  from research import configs
   return configs.parse_command_flags(argv)
 
 if __name__ == '__main__':

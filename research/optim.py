@@ -53,7 +53,7 @@ import optax
 from absl import logging
 
 from research import precision
-from research.configs import ConfigError, one_of, parse_list, require
+from research.config_checks import ConfigError, one_of, parse_list, require
 
 OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw', 'adagrad', 'rmsprop', 'lamb')
 SCHEDULES = ('constant', 'warmup_cosine', 'warmup_linear', 'exponential', 'piecewise',

@@ -24,7 +24,7 @@ from typing import Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from research import launch
+from research import configs, launch
 from research.evaluation.stats import mean_se  # noqa: F401  (research.seeds.mean_se)
 from research.launch import finished, read_json
 
@@ -257,7 +257,6 @@ def main(argv):
   # reads the config; the accelerator is left to the seeds).
   import jax
   jax.config.update('jax_platforms', 'cpu')
-  from research import configs
   try:
     configs.validate(config, num_devices=1)
   except configs.ConfigError as e:
@@ -295,7 +294,6 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with research.main's one-line errors (exit code 2); keeps the raw argv
   so the `--config.*` overrides reach every seed verbatim."""
   _raw_argv[:] = argv
-  from research import configs  # pylint: disable=g-import-not-at-top
   return configs.parse_command_flags(argv)
 
 if __name__ == '__main__':

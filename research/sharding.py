@@ -39,7 +39,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from research import optim, parallel, train_state
-from research.configs import ConfigError
+from research.config_checks import ConfigError
 
 MODEL = 'model'
 AXES = (parallel.AXIS, MODEL)

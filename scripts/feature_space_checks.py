@@ -67,14 +67,14 @@ def _features(feature_fn, probs_fn, images_u8_or_f):
 
 def run_checks(data_dir: str = '', verbose: bool = True) -> dict:
   """Runs every check; returns a dict of the numbers and the pass/fail of each condition."""
-  from research.data import datasets  # pylint: disable=g-import-not-at-top
+  from research.data import sources  # pylint: disable=g-import-not-at-top
   from research.evaluation import class_coverage, features, memorization, sample_quality  # pylint: disable=g-import-not-at-top
 
   t0 = time.perf_counter()
   log = print if verbose else (lambda *a, **k: None)
   rng = np.random.default_rng(SEED)
-  train_x, train_y = datasets.read_package_split(DATASET, data_dir, 'train')
-  test_x, test_y = datasets.read_package_split(DATASET, data_dir, 'test')
+  train_x, train_y = sources.read_package_split(DATASET, data_dir, 'train')
+  test_x, test_y = sources.read_package_split(DATASET, data_dir, 'test')
   train_y, test_y = np.asarray(train_y), np.asarray(test_y)
   feature_fn, probs_fn, info = features.load_feature_fn(DATASET)
   log(f'feature space: {info["feature_space"]}, test accuracy {info["test_accuracy"]}')

@@ -116,9 +116,9 @@ CASES = [
      'flag error: --config=nope.py: no such file', ''),
     ('seeds: bad seed list', 'seeds', [f'--config={VAE}', '--workdir={new}', '--seeds=a,b'],
      'flag error: --seeds=a,b', 'integers'),
-    ('dedup: not an image dataset', 'evaluation.dedup', ['shakespeare'],
+    ('dedup: not an image dataset', 'dedup', ['shakespeare'],
      "flag error: 'shakespeare' is not a packaged image dataset", 'digits, mnist'),
-    ('dedup: bad threshold', 'evaluation.dedup', ['digits', '--rms=low'],
+    ('dedup: bad threshold', 'dedup', ['digits', '--rms=low'],
      'flag error: --rms=low', 'numbers'),
 ]
 

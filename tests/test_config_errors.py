@@ -1,9 +1,9 @@
 """Malformed configs: each gives one clear error naming the field, before anything compiles."""
-import os
 
 import pytest
 
 from research import configs
+from research.data import catalog
 from tests import helpers
 
 
@@ -75,9 +75,8 @@ def test_wrong_type_in_a_config_file():
 
 
 def test_missing_data_package(monkeypatch):
-  from research.data import datasets
   c = helpers.load_config('vae_fashion_mnist')
-  monkeypatch.setattr(datasets, 'FASHION_MNIST_DIR', '/nonexistent/fashion-mnist')
+  monkeypatch.setattr(catalog, 'FASHION_MNIST_DIR', '/nonexistent/fashion-mnist')
   with pytest.raises(configs.ConfigError, match='apt-get install dataset-fashion-mnist'):
     configs.validate(c, num_devices=1)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from research import configs
-from research.data import augment, datasets, pipeline
+from research.data import augment, catalog, datasets, pipeline, sources, specs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,7 +66,7 @@ def test_digits_prepare_shapes_counts_and_stratified_split(data_dir):
   assert datasets.info(c) == datasets.DatasetInfo((8, 8, 1), 10, 1497, 300)
   # Cached: a second open neither re-prepares nor takes long.
   t = time.time()
-  datasets.prepared_builder.cache_clear()
+  sources.prepared_builder.cache_clear()
   assert len(datasets.data_source(c, 'train')) == 1497
   assert time.time() - t < 3
 
@@ -198,8 +198,8 @@ def test_streaming_reads_equal_in_memory(data_dir, monkeypatch):
   c = _cfg(data_dir, flip=True, crop_pad=1)
   want = _take(pipeline.train_iterator(c, 40, seed=0), 3)
   want_eval = list(pipeline.eval_batches(c, 128))
-  monkeypatch.setattr(pipeline, 'MAX_IN_MEMORY_BYTES', 0)   # new cache key: streamed reader
-  assert pipeline.reader(c, 'train')._arrays is None
+  monkeypatch.setattr(specs, 'MAX_IN_MEMORY_BYTES', 0)   # new cache key: streamed reader
+  assert datasets.reader(c, 'train').arrays is None
   _assert_batches_equal(_take(pipeline.train_iterator(c, 40, seed=0), 3), want)
   _assert_batches_equal(list(pipeline.eval_batches(c, 128)), want_eval)
 
@@ -370,11 +370,11 @@ def importlib_missing(module):
 
 
 def test_validate_missing_fashion_mnist_package(monkeypatch, tmp_path):
-  monkeypatch.setattr(datasets, 'FASHION_MNIST_DIR', str(tmp_path / 'nowhere'))
+  monkeypatch.setattr(catalog, 'FASHION_MNIST_DIR', str(tmp_path / 'nowhere'))
   msg = _error(_cfg(name='fashion_mnist'))
   assert "config.data.name='fashion_mnist'" in msg
   assert 'apt-get install dataset-fashion-mnist' in msg and 'nowhere not found' in msg
-  monkeypatch.setattr(datasets, 'FASHION_MNIST_DIR', str(tmp_path))   # exists, files missing
+  monkeypatch.setattr(catalog, 'FASHION_MNIST_DIR', str(tmp_path))   # exists, files missing
   assert 'missing' in _error(_cfg(name='fashion_mnist'))
 
 

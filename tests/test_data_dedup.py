@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from research import configs
-from research.data import datasets, pipeline
+from research.data import datasets, pipeline, readers, specs
 
 
 @pytest.fixture(scope='module')
@@ -64,7 +64,8 @@ def _planted():
 @pytest.mark.parametrize('mode,dropped', [('exact', {5, 17, 30}), ('near', {5, 17, 30, 33})])
 def test_planted_duplicates_are_never_yielded(monkeypatch, caplog, mode, dropped):
   images, labels = _planted()
-  monkeypatch.setattr(pipeline, 'reader', lambda cfg, split: pipeline._Reader(None, (images, labels)))
+  monkeypatch.setattr(datasets, 'reader',
+                      lambda cfg, split, train=False: readers.Reader(None, (images, labels)))
   kept = sorted(set(range(40)) - dropped)
   n = len(kept)
   with caplog.at_level('INFO'):
@@ -107,14 +108,15 @@ def test_keep_mask_is_cached_on_disk(monkeypatch, cache_dir):
 
 
 def test_streamed_split_is_rejected(data_dir, monkeypatch):
-  monkeypatch.setattr(pipeline, 'MAX_IN_MEMORY_BYTES', 0)
+  monkeypatch.setattr(specs, 'MAX_IN_MEMORY_BYTES', 0)
   with pytest.raises(ValueError, match=r"config.data.dedup='exact' needs the train split in memory"):
     pipeline.train_iterator(_cfg(data_dir, 'exact'), 32, seed=0)
 
 
 def test_eval_is_untouched(monkeypatch):
   images, labels = _planted()
-  monkeypatch.setattr(pipeline, 'reader', lambda cfg, split: pipeline._Reader(None, (images, labels)))
+  monkeypatch.setattr(datasets, 'reader',
+                      lambda cfg, split, train=False: readers.Reader(None, (images, labels)))
   monkeypatch.setattr(datasets, 'info', lambda cfg: datasets.DatasetInfo((8, 8, 1), 10, 40, 40))
   b = next(pipeline.eval_batches(_cfg(dedup='near'), 40))
   np.testing.assert_array_equal(b['label'], labels)

@@ -124,8 +124,8 @@ def test_minhash_estimates_jaccard():
 
 
 def test_the_dedup_command_measures_a_packaged_split():
-  """`python -m research.evaluation.dedup NAMES --rms=A,B` (absl flags like every command)."""
-  proc = subprocess.run([sys.executable, '-m', 'research.evaluation.dedup', 'digits',
+  """`python -m research.dedup NAMES --rms=A,B` (absl flags like every command)."""
+  proc = subprocess.run([sys.executable, '-m', 'research.dedup', 'digits',
                          '--rms=0.02,0.05', '--limit=500'], cwd=helpers.ROOT,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from research import configs, parallel, trainer
-from research.data import datasets, pipeline, text
+from research.data import corpus, datasets, pipeline
 from tests.helpers import ROOT, cli, load_config
 
 
@@ -52,7 +52,7 @@ def test_two_device_step_equals_one_device_step(data_dir):
                                       jax.random.key(i))
     out.append(parallel.to_host((state.params, metrics)))
   chex.assert_trees_all_close(out[0], out[1], atol=1e-5, rtol=1e-5)
-  assert out[0][1]['loss'] < math.log(text.tokenizer(c.data).vocab_size) + 0.5
+  assert out[0][1]['loss'] < math.log(corpus.tokenizer(c.data).vocab_size) + 0.5
 
 
 def test_eval_scores_every_held_out_character_once(data_dir):
@@ -69,12 +69,12 @@ def test_eval_scores_every_held_out_character_once(data_dir):
     state = trainer.init_state(exp, trainer._train_iterator(c))
     m = trainer.evaluate(exp, state, jax.random.key(0))
     n_windows = datasets.info(c.data).num_eval
-    chars = sum(len(t) for _, t in text.documents(c.data, 'test'))
+    chars = sum(len(t) for _, t in corpus.documents(c.data, 'test'))
     assert m['num_chars'] * n_windows == pytest.approx(chars, abs=0.5)
     assert m['bits_per_char'] == pytest.approx(m['nll_sum'] / m['num_chars'] / math.log(2))
     # Every scored token spells its characters, except the plays' BOS/EOS: 3 held-out plays,
     # the first BOS is never a target.
-    plays = len(text.documents(c.data, 'test'))
+    plays = len(corpus.documents(c.data, 'test'))
     if tok == 'char':
       assert (m['num_tokens'] - m['num_chars']) * n_windows == pytest.approx(2 * plays - 1)
     results[tok] = m
@@ -83,7 +83,7 @@ def test_eval_scores_every_held_out_character_once(data_dir):
       char['bits_per_token'] * char['num_tokens'])
   assert results['bpe']['num_tokens'] < results['bpe']['num_chars']
   # An untrained model is near uniform: log2(vocab) bits per token.
-  v = text.tokenizer(tiny(data_dir).data).vocab_size
+  v = corpus.tokenizer(tiny(data_dir).data).vocab_size
   assert abs(results['char']['bits_per_token'] - math.log2(v)) < 0.5
 
 
@@ -119,9 +119,9 @@ def test_train_then_sample_from_the_cli(data_dir, tmp_path):
           '--config.optimizer.schedule.warmup_steps=1', '--config.data.num_eval_examples=16',
           '--config.eval.batch_size=16', '--config.sample.max_new_tokens=10']
   cli(args)
-  from research.lm import tokenizers  # pylint: disable=g-import-not-at-top
+  from research.data import tokenizers  # pylint: disable=g-import-not-at-top
   saved = tokenizers.load(str(tmp_path / 'run' / 'tokenizer'))   # the run is self-contained
-  assert saved == text.tokenizer(tiny(data_dir).data)
+  assert saved == corpus.tokenizer(tiny(data_dir).data)
   out = cli(args + ['--mode=sample', '--config.prompt=ROMEO. ', '--config.eval.num_samples=3'])
   samples = [l for l in out.stdout.splitlines() if l.startswith('ROMEO. ')]
   assert len(samples) == 3, out.stdout

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from research import configs, trainer
-from research.data import datasets, pipeline, text
-from research.lm import tokenizers
+from research.data import corpus, datasets, pipeline, sources
+from research.data import tokenizers
 from tests import helpers
 
 WORDS = 'the a of to and in that is was he for it with as his on be at by had'.split()
@@ -37,8 +37,8 @@ def lm1b(monkeypatch, tmp_path):
     assert (name, source) == ('lm1b', 'tfds')
     opened.append(split)
     return splits[split]
-  monkeypatch.setattr(datasets, 'open_source', open_source)
-  monkeypatch.setattr(datasets, '_check_installed', lambda data_cfg: None)
+  monkeypatch.setattr(sources, 'open_source', open_source)
+  monkeypatch.setattr(sources, 'check_installed', lambda data_cfg: None)
   c = helpers.load_config('lm_lm1b')
   c.data.data_dir = str(tmp_path / 'tfds')
   c.data.vocab_size = 300
@@ -65,9 +65,9 @@ def test_shipped_config_is_the_published_setting():
 def test_sentences_are_rows_bos_text_eos_padded(lm1b):
   c, splits, _ = lm1b
   configs.validate(c, 2)
-  tok = text.tokenizer(c.data)
-  read = text.reader(c.data, 'test')
-  assert isinstance(read, text.SentenceReader) and read.num_examples == 50
+  tok = corpus.tokenizer(c.data)
+  read = datasets.reader(c.data, 'test')
+  assert isinstance(read, corpus.SentenceReader) and read.num_examples == 50
   rows, _ = read.rows(np.arange(50))
   assert rows.shape == (50, c.data.seq_len + 1)
   for i in range(50):
@@ -84,7 +84,7 @@ def test_train_and_eval_skip_the_padding(lm1b, tmp_path):
   configs.validate(c, 2)
   batches = list(pipeline.eval_batches(c.data, c.eval.batch_size))
   real_targets = sum(float(b['loss_mask'].sum()) for b in batches)
-  rows, _ = text.reader(c.data, 'test').rows(np.arange(50))
+  rows, _ = datasets.reader(c.data, 'test').rows(np.arange(50))
   assert real_targets == float((rows[:, 1:] != tokenizers.PAD).sum())
   out = trainer.train(c, str(tmp_path / 'run'))
   assert out['eval']['num_examples'] == 50

@@ -12,7 +12,7 @@ import pytest
 
 from research import configs, parallel, trainer
 from research.data import pipeline
-from research.lm import tokenizers
+from research.data import tokenizers
 from research.records import RecordStore
 from research.rlhf import heads, ppo
 from tests.helpers import load_config

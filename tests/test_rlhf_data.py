@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from research import configs, records
-from research.data import datasets, pipeline, text
-from research.lm import tokenizers
+from research.data import corpus, datasets, dialogue, pipeline, preferences
+from research.data import tokenizers
 from tests.helpers import load_config
 
 L = 32
@@ -101,14 +101,14 @@ def _run(mask):
 
 def test_prompt_rows_are_left_padded_prompt_ends(data_dir):
   c = _config(data_dir, 'shakespeare_prompts').data
-  tok = text.tokenizer(c)
-  prompts = text.prompt_texts(c, 'test')
-  assert prompts == [p for p, _ in text.pairs(c, 'test')] and len(prompts) > 100
-  read = text.reader(c, 'test')
+  tok = corpus.tokenizer(c)
+  prompts = dialogue.prompt_texts(c, 'test')
+  assert prompts == [p for p, _ in dialogue.pairs(c, 'test')] and len(prompts) > 100
+  read = datasets.reader(c, 'test')
   assert read.num_examples == len(prompts)
   rows, labels = read.rows(np.arange(len(prompts)))
   assert labels is None and rows.shape == (len(prompts), L) and rows.dtype == np.int32
-  sep = tok.encode(text.SEPARATOR)
+  sep = tok.encode(dialogue.SEPARATOR)
   cut = whole = 0
   for prompt, row in zip(prompts, rows):
     real = row != tokenizers.PAD
@@ -116,12 +116,12 @@ def test_prompt_rows_are_left_padded_prompt_ends(data_dir):
     assert real[start:].all() and not real[:start].any()          # left-padded, right-aligned
     assert row[start] == tok.bos_id and tok.bos_id not in row[start + 1:]
     assert list(row[L - len(sep):]) == sep                          # ends with the separator
-    ctx = tok.encode(prompt + text.SEPARATOR)
+    ctx = tok.encode(prompt + dialogue.SEPARATOR)
     np.testing.assert_array_equal(row[start + 1:], ctx[-(L - 1 - start):])
     decoded = tok.decode(row)
-    assert (prompt + text.SEPARATOR).endswith(decoded)
+    assert (prompt + dialogue.SEPARATOR).endswith(decoded)
     if len(ctx) <= L - 1:
-      assert decoded == prompt + text.SEPARATOR and start == L - 1 - len(ctx)
+      assert decoded == prompt + dialogue.SEPARATOR and start == L - 1 - len(ctx)
       whole += 1
     else:
       assert start == 0 and len(decoded) == L - 1                  # char tokenizer: 1 char each
@@ -130,18 +130,18 @@ def test_prompt_rows_are_left_padded_prompt_ends(data_dir):
   # The same layout as generate.pad_prompts for the same token lists.
   from research.lm import generate  # pylint: disable=g-import-not-at-top  (imports jax)
   pick = [0, int(np.argmax(rows[:, 0] == tok.bos_id)), int(np.argmax(rows[:, 0] == 0))]
-  lists = [[tok.bos_id, *tok.encode(prompts[i] + text.SEPARATOR)[-(L - 1):]] for i in pick]
+  lists = [[tok.bos_id, *tok.encode(prompts[i] + dialogue.SEPARATOR)[-(L - 1):]] for i in pick]
   padded, mask = generate.pad_prompts(lists)
   np.testing.assert_array_equal(np.asarray(padded), rows[pick])
   np.testing.assert_array_equal(np.asarray(mask), rows[pick] != tokenizers.PAD)
-  assert text.encode_prompt(tok, prompts[pick[1]], L).tolist() == rows[pick[1]].tolist()
+  assert dialogue.encode_prompt(tok, prompts[pick[1]], L).tolist() == rows[pick[1]].tolist()
 
 
 def test_prompt_batches_and_info(data_dir):
   c = _config(data_dir, 'shakespeare_prompts', num_eval_examples=10).data
-  n_train = len(text.prompt_texts(c, 'train'))
+  n_train = len(dialogue.prompt_texts(c, 'train'))
   assert datasets.info(c) == datasets.DatasetInfo((L,), 0, n_train, 10, 'tokens')
-  train = text.reader(c, 'train', train=True)
+  train = datasets.reader(c, 'train', train=True)
   all_rows = {r.tobytes() for r in train.rows(np.arange(train.num_examples))[0]}
   batch = next(pipeline.train_iterator(c, 8, seed=0))
   assert set(batch) == {'tokens'} and batch['tokens'].shape == (8, L)
@@ -152,7 +152,7 @@ def test_prompt_batches_and_info(data_dir):
   tokens = np.concatenate([b['tokens'] for b in batches])
   mask = np.concatenate([b['mask'] for b in batches])
   np.testing.assert_array_equal(mask, np.arange(16) < 10)
-  np.testing.assert_array_equal(tokens[:10], text.reader(c, 'test').rows(np.arange(10))[0])
+  np.testing.assert_array_equal(tokens[:10], datasets.reader(c, 'test').rows(np.arange(10))[0])
   assert (tokens[10:] == tokenizers.PAD).all()
 
 
@@ -163,12 +163,12 @@ def test_rlhf_datasets_use_the_pretraining_tokenizer(data_dir, store):
                       ('shakespeare_preferences', {'records': store[0]})):
     c = _config(data_dir, name, **extra).data
     c.train_split = 'train' if name == 'shakespeare_preferences' else 'train[:3]'
-    assert text.tokenizer_mismatch(c, pre) is None, name
-    assert text.tokenizer_dir(c) == text.tokenizer_dir(pre)
-    assert text.train_text(c) == text.train_text(pre)
+    assert corpus.tokenizer_mismatch(c, pre) is None, name
+    assert corpus.tokenizer_dir(c) == corpus.tokenizer_dir(pre)
+    assert corpus.train_text(c) == corpus.train_text(pre)
   other = pre.copy_and_resolve_references()
   other.train_split = 'train[:90%]'
-  assert text.tokenizer_mismatch(c, other) == ('data.train_split', 'train', 'train[:90%]')
+  assert corpus.tokenizer_mismatch(c, other) == ('data.train_split', 'train', 'train[:90%]')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,9 +176,9 @@ def test_rlhf_datasets_use_the_pretraining_tokenizer(data_dir, store):
 
 
 def test_encode_preference_shares_the_prompt_truncation(data_dir):
-  tok = text.tokenizer(_config(data_dir, 'shakespeare_prompts').data)
+  tok = corpus.tokenizer(_config(data_dir, 'shakespeare_prompts').data)
   # Fits whole: BOS prompt SEP response, no EOS, pad after; masks cover the responses only.
-  e = text.encode_preference(tok, 'Who is there?', 'Nay, answer me.', 'Stand.', 40)
+  e = preferences.encode_preference(tok, 'Who is there?', 'Nay, answer me.', 'Stand.', 40)
   for row, mask, resp in ((e.chosen, e.chosen_loss_mask, 'Nay, answer me.'),
                           (e.rejected, e.rejected_loss_mask, 'Stand.')):
     want = [tok.bos_id, *tok.encode('Who is there?\n\n'), *tok.encode(resp)]
@@ -191,7 +191,7 @@ def test_encode_preference_shares_the_prompt_truncation(data_dir):
   # The longer response sets the prompt cut for both sides (at least half the window).
   prompt, long_resp = 'p' * 30 + 'END', 'START' + 'r' * 40
   for chosen, rejected in ((long_resp, 'Ay.'), ('Ay.', long_resp)):
-    e = text.encode_preference(tok, prompt, chosen, rejected, 20)
+    e = preferences.encode_preference(tok, prompt, chosen, rejected, 20)
     keep = max(20 - len(long_resp), 20 // 2)
     ctx = (prompt + '\n\n')[-keep:]
     assert e.prompt_cut == len(prompt) + 2 - keep
@@ -203,7 +203,7 @@ def test_encode_preference_shares_the_prompt_truncation(data_dir):
     cuts = {chosen: e.chosen_cut, rejected: e.rejected_cut}
     assert cuts[long_resp] == len(long_resp) - (20 - keep) and cuts['Ay.'] == 0
   # A short longer response leaves the prompt more than half the window.
-  e = text.encode_preference(tok, 'x' * 50, 'Ay.', 'No!', 20)
+  e = preferences.encode_preference(tok, 'x' * 50, 'Ay.', 'No!', 20)
   assert tok.decode(e.chosen) == 'x' * (20 - 3 - 2) + '\n\nAy.' and e.chosen[-1] != 0
   assert tok.decode(e.rejected) == 'x' * 15 + '\n\nNo!'
 
@@ -211,7 +211,7 @@ def test_encode_preference_shares_the_prompt_truncation(data_dir):
 def test_preference_split_rule_and_rows_match_the_store(data_dir, store):
   path, rows = store
   c = _config(data_dir, 'shakespeare_preferences', records=path).data
-  tok = text.tokenizer(c)
+  tok = corpus.tokenizer(c)
   by_split = {s: [r for r in rows if _split_of(r) == s] for s in ('train', 'test')}
   assert by_split['train'] and by_split['test']
   # Both the hash rule and the metadata rule are exercised, and metadata wins.
@@ -219,17 +219,17 @@ def test_preference_split_rule_and_rows_match_the_store(data_dir, store):
   assert any((r.get('metadata') or {}).get('split') == 'train' and _hash_split(r['prompt']) == 'test'
              for r in rows)
   for r in rows:
-    assert text.preference_split(r['prompt'], r.get('metadata')) == _split_of(r)
+    assert preferences.preference_split(r['prompt'], r.get('metadata')) == _split_of(r)
   # A prompt without a metadata split sits in one split only.
   seen = {}
   for r in rows:
     if (r.get('metadata') or {}).get('split') is None:
       assert seen.setdefault(r['prompt'], _split_of(r)) == _split_of(r)
   for split, want in by_split.items():
-    got = text.preference_pairs(c, split)
+    got = preferences.preference_pairs(c, split)
     assert [r['id'] for r in got] == [r['id'] for r in want]        # store id order
     assert all(r['source'] == 'synthetic' for r in got)
-    read = text.reader(c, split)
+    read = datasets.reader(c, split)
     assert read.num_examples == len(want)
     np.testing.assert_array_equal(read.record_ids, [r['id'] for r in want])
     idx = np.arange(len(want))
@@ -239,7 +239,7 @@ def test_preference_split_rule_and_rows_match_the_store(data_dir, store):
     assert set(entries) == {'loss_mask', 'rejected', 'rejected_loss_mask'}
     assert entries['rejected'].shape == (len(want), L + 1)
     for i, r in enumerate(want):
-      ctx = tok.encode(r['prompt'] + text.SEPARATOR)
+      ctx = tok.encode(r['prompt'] + dialogue.SEPARATOR)
       longer = max(len(tok.encode(r['chosen'])), len(tok.encode(r['rejected'])))
       keep = min(len(ctx), max(L - longer, L // 2))
       for row, mask, resp in ((chosen[i], entries['loss_mask'][i], r['chosen']),
@@ -255,7 +255,7 @@ def test_preference_split_rule_and_rows_match_the_store(data_dir, store):
         assert (row[1:][on[-1] + 1:] == tokenizers.PAD).all()
   # Long pairs were really cut, on both sides alike.
   long_rows = [i for i, r in enumerate(by_split['train']) if r['prompt'].endswith('THE END')]
-  read = text.reader(c, 'train')
+  read = datasets.reader(c, 'train')
   assert len(long_rows) == 2
   for i in long_rows:
     e = read.row_entries(np.array([i]))
@@ -263,10 +263,10 @@ def test_preference_split_rule_and_rows_match_the_store(data_dir, store):
     assert c_on[0] == r_on[0] == L // 2 and max(c_on[-1], r_on[-1]) == L - 1
   # Another source: only its pairs.
   c.preference_source = 'human'
-  humans = text.preference_pairs(c, 'train') + text.preference_pairs(c, 'test')
+  humans = preferences.preference_pairs(c, 'train') + preferences.preference_pairs(c, 'test')
   assert sorted(r['chosen'] for r in humans) == ['A human choice.', 'Within, my lord.']
   c.preference_source = 'all'
-  assert text.reader(c, 'test').num_examples == len(by_split['test']) + 1
+  assert datasets.reader(c, 'test').num_examples == len(by_split['test']) + 1
 
 
 def test_preference_batches_and_info(data_dir, store):
@@ -274,7 +274,7 @@ def test_preference_batches_and_info(data_dir, store):
   c = _config(data_dir, 'shakespeare_preferences', records=path).data
   n = {s: sum(_split_of(r) == s for r in rows) for s in ('train', 'test')}
   assert datasets.info(c) == datasets.DatasetInfo((L + 1,), 0, n['train'], n['test'], 'tokens')
-  read = text.reader(c, 'train')
+  read = datasets.reader(c, 'train')
   idx = np.arange(read.num_examples)
   want = {'tokens': read.rows(idx)[0], **read.row_entries(idx)}
   index = {r.tobytes(): i for i, r in enumerate(want['tokens'])}
@@ -293,7 +293,7 @@ def test_preference_batches_and_info(data_dir, store):
   assert len(batches) == pipeline.num_eval_batches(c, 4) == -(-n['test'] // 4)
   assert set(batches[0]) == set(shapes) | {'mask'}
   got = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
-  test = text.reader(c, 'test')
+  test = datasets.reader(c, 'test')
   t_idx = np.arange(n['test'])
   np.testing.assert_array_equal(got['mask'], np.arange(len(got['mask'])) < n['test'])
   np.testing.assert_array_equal(got['tokens'][:n['test']], test.rows(t_idx)[0])
@@ -308,8 +308,8 @@ def test_a_changed_store_is_read_again(data_dir, tmp_path):
     s.add_preference('Is it the king?', 'It is.', 'No.', source='synthetic',
                      metadata={'split': 'train'})
   c = _config(data_dir, 'shakespeare_preferences', records=path).data
-  first = text.reader(c, 'train')
-  assert text.reader(c, 'train') is first                            # cached while unchanged
+  first = datasets.reader(c, 'train')
+  assert datasets.reader(c, 'train') is first                            # cached while unchanged
   assert first.num_examples == 1
   # No test pairs yet: a clear error naming the store, the source and the split.
   with pytest.raises(ValueError) as e:
@@ -321,18 +321,18 @@ def test_a_changed_store_is_read_again(data_dir, tmp_path):
     new_id = s.add_preference('And the queen?', 'She comes.', 'Never.', source='synthetic',
                               metadata={'split': 'train'})
     s.add_preference('Held out?', 'Yes.', 'No.', source='synthetic', metadata={'split': 'test'})
-  again = text.reader(c, 'train')
+  again = datasets.reader(c, 'train')
   assert again is not first and again.num_examples == 2 and again.record_ids[-1] == new_id
   assert first.num_examples == 1                                     # the old reader is intact
   assert datasets.info(c).num_train == 2 and datasets.info(c).num_eval == 1
-  tok = text.tokenizer(c)
+  tok = corpus.tokenizer(c)
   on = _run(again.row_entries(np.array([1]))['loss_mask'][0])
   assert tok.decode(again.rows(np.array([1]))[0][0][1:][on]) == 'She comes.'
   # Seen while a writer keeps the store open (the commit sits in the WAL file).
   with records.RecordStore(path) as s:
     s.add_preference('Still open?', 'Aye.', 'No.', source='synthetic',
                      metadata={'split': 'train'})
-    assert text.reader(c, 'train').num_examples == 3
+    assert datasets.reader(c, 'train').num_examples == 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,7 +361,7 @@ def test_one_line_config_errors(data_dir, store, tmp_path):
   c.data.preference_source = 'crowd'
   msg = _config_error(c)
   assert msg.startswith("config.data.preference_source='crowd'")
-  for source in datasets.PREFERENCE_SOURCES:
+  for source in preferences.SOURCES:
     assert repr(source) in msg
   c.data.preference_source = 'human'
   c.data.eval_split = 'test[:50%]'

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from research import configs, records, trainer
-from research.data import text
+from research.data import corpus, dialogue
 from research.rlhf import preferences as prefs
 from research.rlhf import sentiment
 from tests.helpers import load_config
@@ -160,8 +160,8 @@ def test_sample_responses(policy):
                                  num_per_prompt=2, max_new_tokens=12, batch_size=4)
   assert again == out
   # The prompt keeps BOS and its end: 20 = max_len 32 - 12 tokens in all.
-  tok = text.tokenizer(prefs.read_config(policy).data)
-  ids = text.encode_prompt(tok, long_prompt, 20)   # the row sample_responses feeds
+  tok = corpus.tokenizer(prefs.read_config(policy).data)
+  ids = dialogue.encode_prompt(tok, long_prompt, 20)   # the row sample_responses feeds
   assert len(ids) == 20 and ids[0] == tok.bos_id
   assert tok.decode(ids) == (long_prompt + '\n\n')[-19:]
   with pytest.raises(ValueError, match='max_new_tokens'):
@@ -194,7 +194,7 @@ def test_cli_run_writes_labeled_pairs_of_disjoint_splits(policy, tmp_path, capsy
   test_prompts = [r['prompt'] for r in rows[5:]]
   assert len(set(train_prompts)) == 5 and len(set(test_prompts)) == 3
   data_cfg = prefs.dialogue_data_config(prefs.read_config(policy))
-  all_test = {p for p, _ in text.pairs(data_cfg, 'test')}
+  all_test = {p for p, _ in dialogue.pairs(data_cfg, 'test')}
   assert set(test_prompts) <= all_test and not set(train_prompts) & all_test
   assert prefs.select_prompts(data_cfg, 'test', 3, 1) == test_prompts     # seeded order
   assert prefs.select_prompts(data_cfg, 'test', 3, 2) != test_prompts

@@ -11,8 +11,9 @@ import pytest
 
 from research import checkpoint as ckpt_lib
 from research import configs, parallel, trainer
-from research.data import datasets, pipeline, text
-from research.lm import lora, tokenizers
+from research.data import corpus, datasets, dialogue, pipeline
+from research.data import tokenizers
+from research.lm import lora
 from tests.helpers import load_config
 
 
@@ -73,8 +74,8 @@ def _assert_batches_equal(xs, ys):
 
 
 def test_encode_pair_format_and_truncation(data_dir):
-  tok = text.tokenizer(tiny_sft(data_dir).data)
-  enc = text.encode_pair(tok, 'Who is there?', 'Nay, answer me.', 40)
+  tok = corpus.tokenizer(tiny_sft(data_dir).data)
+  enc = dialogue.encode_pair(tok, 'Who is there?', 'Nay, answer me.', 40)
   want = [tok.bos_id, *tok.encode('Who is there?\n\n'), *tok.encode('Nay, answer me.'),
           tok.eos_id]
   assert enc.tokens.shape == (41,) and enc.tokens.dtype == np.int32
@@ -86,13 +87,13 @@ def test_encode_pair_format_and_truncation(data_dir):
   assert enc.loss_mask.sum() == len('Nay, answer me.') + 1 and enc.prompt_cut == 0
   # Long: the prompt keeps its end (at least half the window), the reply its start, no EOS.
   prompt, reply = 'p' * 30 + 'END', 'START' + 'r' * 40
-  enc = text.encode_pair(tok, prompt, reply, 20)
+  enc = dialogue.encode_pair(tok, prompt, reply, 20)
   assert tok.decode(enc.tokens) == 'pppppEND\n\nSTARTrrrrr'              # BOS + 10 + 10
   assert (enc.prompt_cut, enc.response_cut) == (35 - 10, 46 - 10)
   assert tok.decode(enc.tokens[1:][enc.loss_mask > 0]) == 'STARTrrrrr'
   assert tok.eos_id not in enc.tokens
   # A long prompt before a short reply gives the reply all it needs.
-  enc = text.encode_pair(tok, 'x' * 50, 'Ay.', 20)
+  enc = dialogue.encode_pair(tok, 'x' * 50, 'Ay.', 20)
   assert tok.decode(enc.tokens) == 'x' * 14 + '\n\nAy.' and enc.tokens[-1] == tok.eos_id
   assert enc.loss_mask.sum() == 4
 
@@ -101,10 +102,10 @@ def test_loss_mask_covers_exactly_the_response(data_dir):
   c = tiny_sft(data_dir)
   c.data.seq_len = 96
   c.data.train_split = 'train[:2]'
-  pairs = text.pairs(c.data, 'train[:2]')
-  read = text.reader(c.data, 'train[:2]', train=True)
+  pairs = dialogue.pairs(c.data, 'train[:2]')
+  read = datasets.reader(c.data, 'train[:2]', train=True)
   assert read.num_examples == len(pairs) > 500
-  tok = text.tokenizer(c.data)
+  tok = corpus.tokenizer(c.data)
   rows, _ = read.rows(np.arange(len(pairs)))
   masks = read.row_entries(np.arange(len(pairs)))['loss_mask']
   assert rows.shape == (len(pairs), 97) and masks.shape == (len(pairs), 96)
@@ -124,7 +125,7 @@ def test_loss_mask_covers_exactly_the_response(data_dir):
       assert reply.startswith(scored) and on[-1] == 95   # (maybe only the EOS cut)
     assert (targets[on[-1] + 1:] == tokenizers.PAD).all()
   assert whole > 0.2 * len(pairs)
-  stats = text.pair_stats(c.data, 'train[:2]')
+  stats = dialogue.pair_stats(c.data, 'train[:2]')
   assert stats['pairs'] == len(pairs) and stats['response_tokens'] == masks.sum()
   # Train batches carry the same mask for the same rows.
   batch = next(pipeline.train_iterator(c.data, 64, seed=0))
@@ -137,14 +138,14 @@ def test_loss_mask_covers_exactly_the_response(data_dir):
 def test_eval_batches_and_info_count_pairs(data_dir):
   c = tiny_sft(data_dir).data
   c.num_eval_examples = 40
-  n_test = len(text.pairs(c, 'test'))
+  n_test = len(dialogue.pairs(c, 'test'))
   info = datasets.info(c)
-  assert info == datasets.DatasetInfo((33,), 0, len(text.pairs(c, 'train')), 40, 'tokens')
+  assert info == datasets.DatasetInfo((33,), 0, len(dialogue.pairs(c, 'train')), 40, 'tokens')
   assert 2500 < n_test < 3300
   batches = list(pipeline.eval_batches(c, 32))
   assert len(batches) == pipeline.num_eval_batches(c, 32) == 2
   assert set(batches[0]) == {'tokens', 'loss_mask', 'mask'}
-  read = text.reader(c, 'test')
+  read = datasets.reader(c, 'test')
   mask = np.concatenate([b['mask'] for b in batches])
   loss_mask = np.concatenate([b['loss_mask'] for b in batches])
   np.testing.assert_array_equal(mask, np.arange(64) < 40)
@@ -152,14 +153,14 @@ def test_eval_batches_and_info_count_pairs(data_dir):
   assert not loss_mask[40:].any()
   # The tokenizer is the pretraining one: same directory as the 'shakespeare' dataset's.
   pre = tiny_pretrain(c.data_dir).data
-  assert text.tokenizer_dir(c) == text.tokenizer_dir(pre)
-  assert text.tokenizer_mismatch(c, pre) is None
+  assert corpus.tokenizer_dir(c) == corpus.tokenizer_dir(pre)
+  assert corpus.tokenizer_mismatch(c, pre) is None
 
 
 def test_batches_deterministic_resumable_and_host_sharded(data_dir):
   c = tiny_sft(data_dir).data
   c.train_split = 'train[:1]'
-  n = text.reader(c, 'train[:1]').num_examples
+  n = datasets.reader(c, 'train[:1]').num_examples
   a = _take(pipeline.train_iterator(c, 24, seed=3), 2 * (n // 24 + 1))    # crosses an epoch
   _assert_batches_equal(a, _take(pipeline.train_iterator(c, 24, seed=3), len(a)))
   other = next(pipeline.train_iterator(c, 24, seed=4))
@@ -204,9 +205,9 @@ def test_init_from_copies_every_parameter(data_dir, pretrained, tmp_path):
   final = trainer.train(c, str(tmp_path / 'sft'))
   ev = final['eval']
   assert final['step'] == 2 and ev['num_examples'] == 32
-  read = text.reader(c.data, 'test')
+  read = datasets.reader(c.data, 'test')
   assert ev['num_tokens'] * 32 == pytest.approx(read.row_entries(np.arange(32))['loss_mask'].sum())
-  assert ev['bits_per_token'] < math.log2(text.tokenizer(c.data).vocab_size) + 1
+  assert ev['bits_per_token'] < math.log2(corpus.tokenizer(c.data).vocab_size) + 1
 
 
 def _fake_run(tmp_path, name, config):

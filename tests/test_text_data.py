@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from research import configs
-from research.data import datasets, pipeline, text
+from research.data import corpus, datasets, pipeline
+from research.data import plays as plays_lib
 from research.data.builders import shakespeare
-from research.lm import tokenizers
+from research.data import tokenizers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXOTIC = 'naïve “quotes” — 日本語 \t tabs  and  spaces\n\nend '
@@ -141,7 +142,7 @@ def test_make_from_config(plays):
 
 def test_split_by_whole_plays(data_dir, plays):
   c = _cfg(data_dir)
-  train, test = text.documents(c, 'train'), text.documents(c, 'test')
+  train, test = corpus.documents(c, 'train'), corpus.documents(c, 'test')
   assert [n for n, _ in test] == list(shakespeare.TEST_PLAYS) == [
       'hamlet', 'henry_iv_part_1', 'richard_iii']
   assert shakespeare.held_out(plays) == shakespeare.TEST_PLAYS   # the documented rule
@@ -151,45 +152,45 @@ def test_split_by_whole_plays(data_dir, plays):
   frac = sum(len(t) for _, t in test) / sum(map(len, plays.values()))
   assert 0.1 <= frac < 0.11
   assert datasets.DATASETS['shakespeare'].package.splits == {'train': 34, 'test': 3}
-  assert text.train_text(c) == '\n'.join(t for _, t in train)
+  assert corpus.train_text(c) == '\n'.join(t for _, t in train)
 
 
 def test_tail_split_is_the_last_contiguous_tenth(data_dir, plays):
   """nanoGPT's split of our corpus: the plays as one text, the last 10% of characters held out."""
   c = _cfg(data_dir, name='shakespeare_tail')
-  (_, train), = text.documents(c, 'train')
-  (_, test), = text.documents(c, 'test')
+  (_, train), = corpus.documents(c, 'train')
+  (_, test), = corpus.documents(c, 'test')
   whole = '\n'.join(plays[n] for n in sorted(plays))
   assert train + test == whole                                   # contiguous, nothing dropped
   assert len(train) == int(0.9 * len(whole))                     # nanoGPT's int(n * 0.9) cut
   assert whole.endswith(plays['winters_tale']) and test.endswith(plays['winters_tale'])
-  assert text.train_text(c) == train                             # the tokenizer never sees test
+  assert corpus.train_text(c) == train                             # the tokenizer never sees test
   # One document per split: the stream is BOS text EOS, and every held-out token is scored once.
-  tok = text.tokenizer(c)
-  stream = text.token_stream(c, 'test')
+  tok = corpus.tokenizer(c)
+  stream = corpus.token_stream(c, 'test')
   assert stream[0] == tok.bos_id and stream[-1] == tok.eos_id and len(stream) == len(test) + 2
   assert datasets.info(c).num_eval == -(-(len(stream) - 1) // 64)
 
 
 def test_tokenizer_is_cached_next_to_the_data(data_dir, monkeypatch):
   c = _cfg(data_dir, tokenizer='char')
-  tok = text.tokenizer(c)
-  d = text.tokenizer_dir(c)
+  tok = corpus.tokenizer(c)
+  d = corpus.tokenizer_dir(c)
   assert d.startswith(os.path.join(data_dir, 'genlab_tokenizers', 'shakespeare-char-'))
-  assert tokenizers.load(d) == tok == tokenizers.CharTokenizer.from_text(text.train_text(c))
+  assert tokenizers.load(d) == tok == tokenizers.CharTokenizer.from_text(corpus.train_text(c))
   # Another process (here: an empty in-process cache) loads it instead of building it again.
-  text._cached_tokenizer.cache_clear()
+  corpus._cached_tokenizer.cache_clear()
   monkeypatch.setattr(tokenizers, 'make', lambda *a: pytest.fail('rebuilt'))
-  assert text.tokenizer(c) == tok and text.tokenizer_dir(c) == d
+  assert corpus.tokenizer(c) == tok and corpus.tokenizer_dir(c) == d
   # The key covers kind and vocabulary size.
   monkeypatch.undo()
-  assert text.tokenizer_dir(_cfg(data_dir, tokenizer='byte')) != d
+  assert corpus.tokenizer_dir(_cfg(data_dir, tokenizer='byte')) != d
 
 
 def test_info_counts_windows(data_dir):
   c = _cfg(data_dir, seq_len=64)
-  n_train = len(text.token_stream(c, 'train'))
-  n_test = len(text.token_stream(c, 'test'))
+  n_train = len(corpus.token_stream(c, 'train'))
+  n_test = len(corpus.token_stream(c, 'test'))
   info = datasets.info(c)
   assert info == datasets.DatasetInfo((65,), 0, (n_train - 1) // 64, -(-(n_test - 1) // 64),
                                       'tokens')
@@ -201,18 +202,18 @@ def test_info_counts_windows(data_dir):
 @pytest.mark.parametrize('kind', ['char', 'bpe'])
 def test_stream_is_bos_play_eos(data_dir, kind):
   c = _cfg(data_dir, tokenizer=kind, vocab_size=2048)
-  tok = text.tokenizer(c)
-  stream = text.token_stream(c, 'test')
+  tok = corpus.tokenizer(c)
+  stream = corpus.token_stream(c, 'test')
   assert stream.dtype == np.int32 and tokenizers.PAD not in stream
   bos = np.flatnonzero(stream == tokenizers.BOS)
   eos = np.flatnonzero(stream == tokenizers.EOS)
   assert len(bos) == len(eos) == 3 and bos[0] == 0 and eos[-1] == len(stream) - 1   # 3 plays
   np.testing.assert_array_equal(bos[1:], eos[:-1] + 1)
-  docs = text.documents(c, 'test')
+  docs = corpus.documents(c, 'test')
   for (_, t), a, b in zip(docs, bos, eos):
     assert tok.decode(stream[a:b + 1]) == t
     assert tok.char_lengths()[stream[a:b + 1]].sum() == len(t)    # bits/char from any kind
-  stats = text.split_stats(c, 'test')
+  stats = corpus.split_stats(c, 'test')
   assert stats['documents'] == 3 and stats['tokens'] == len(stream)
   assert stats['characters'] == sum(len(t) for _, t in docs)
   if kind == 'char':
@@ -221,8 +222,8 @@ def test_stream_is_bos_play_eos(data_dir, kind):
 
 def test_train_windows_tile_the_stream(data_dir):
   c = _cfg(data_dir, seq_len=64)
-  stream = text.token_stream(c, 'train')
-  read = text.reader(c, 'train', train=True)
+  stream = corpus.token_stream(c, 'train')
+  read = datasets.reader(c, 'train', train=True)
   assert read.num_examples == (len(stream) - 1) // 64
   rows, labels = read.rows(np.arange(read.num_examples))
   assert labels is None and rows.shape == (read.num_examples, 65) and rows.dtype == np.int32
@@ -235,7 +236,7 @@ def test_train_windows_tile_the_stream(data_dir):
 @pytest.mark.parametrize('procs', [1, 2])
 def test_eval_scores_every_held_out_token_once(data_dir, procs):
   c = _cfg(data_dir, seq_len=64)
-  stream = text.token_stream(c, 'test')
+  stream = corpus.token_stream(c, 'test')
   info = datasets.info(c)
   global_batch = 256
   n = pipeline.num_eval_batches(c, global_batch)
@@ -262,8 +263,8 @@ def test_eval_scores_every_held_out_token_once(data_dir, procs):
 
 def test_train_batches_deterministic_per_seed_and_permuted_each_epoch(data_dir):
   c = _cfg(data_dir, seq_len=512, train_split='train[:1]')     # one play: 261 windows
-  assert [n for n, _ in text.documents(c, 'train[:1]')] == ['alls_well_that_ends_well']
-  read = text.reader(c, 'train[:1]', train=True)
+  assert [n for n, _ in corpus.documents(c, 'train[:1]')] == ['alls_well_that_ends_well']
+  read = datasets.reader(c, 'train[:1]', train=True)
   n = read.num_examples
   assert n == 261
   a = _take(pipeline.train_iterator(c, 29, seed=3), 18)        # 261 = 9 * 29: two epochs
@@ -374,7 +375,7 @@ def test_validate_text_is_cheap():
 
 
 def test_dialogue_pairs_on_hamlet(plays):
-  pairs = text.dialogue_pairs(plays['hamlet'])
+  pairs = plays_lib.dialogue_pairs(plays['hamlet'])
   assert pairs[:3] == [("Who's there?", 'Nay, answer me: stand, and unfold yourself.'),
                        ('Nay, answer me: stand, and unfold yourself.', 'Long live the king!'),
                        ('Long live the king!', 'Bernardo?')]
@@ -382,7 +383,7 @@ def test_dialogue_pairs_on_hamlet(plays):
   for p, r in pairs:
     assert p and r and '[' not in p + r and ']' not in p + r
     assert p == p.strip() and r == r.strip()
-  speeches = text.speeches(plays['hamlet'])
+  speeches = plays_lib.speeches(plays['hamlet'])
   assert {'Ham', 'Hor', 'King', 'Queen', 'Oph', 'Ghost', '1 Clown'} <= {s.speaker for s in speeches}
   # Pairs are consecutive speeches of one scene by different speakers.
   want = [(a.text, b.text) for a, b in zip(speeches, speeches[1:])
@@ -398,9 +399,9 @@ def test_dialogue_pairs_other_layouts(plays):
   # speaker lines with trailing spaces (Love's Labour's Lost).
   for name, speaker in (('macbeth', 'MACBETH'), ('midsummer_nights_dream', 'THESEUS'),
                         ('loves_labours_lost', 'BEROWNE')):
-    s = text.speeches(plays[name])
-    assert len(text.dialogue_pairs(plays[name])) > 450, name
+    s = plays_lib.speeches(plays[name])
+    assert len(plays_lib.dialogue_pairs(plays[name])) > 450, name
     assert sum(x.speaker == speaker for x in s) > 40, name
-  first = text.speeches(plays['macbeth'])[0]
+  first = plays_lib.speeches(plays['macbeth'])[0]
   assert (first.speaker, first.text) == ('FIRST WITCH', 'When shall we three meet again?\n'
                                                         'In thunder, lightning, or in rain?')

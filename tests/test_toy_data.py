@@ -53,7 +53,7 @@ def _error(c) -> str:
 @pytest.mark.parametrize('name,k', [('ring8', 8), ('grid25', 25), ('swiss_roll', 1)])
 def test_info_and_registry(name, k):
   c = _cfg(name)
-  assert datasets.is_toy(name) and not datasets.is_toy('digits')
+  assert datasets.spec(name).kind == 'toy' and datasets.spec('digits').kind != 'toy'
   info = datasets.info(c)
   assert info == datasets.DatasetInfo((2,), k, 100000, 10000, 'x')
   assert info.shape == info.image_shape == (2,)

@@ -12,7 +12,7 @@ AdamW (b2 0.98, eps 1e-9) with weight decay 0.1, 1000 linear warmup steps then i
 RMSNorm, tied embeddings, no biases) and in the data: one sentence per example, padded and
 masked, where the example packs several sentences per row. Needs the TFDS `lm1b` data prepared
 (`pip install -e .[tf]`; nothing downloads here), read one sentence at a time
-(research/data/text.py `SentenceReader`). No result from this config is reported: it has not run
+(research/data/corpus.py `SentenceReader`). No result from this config is reported: it has not run
 on an accelerator yet.
 """
 from research import configs

@@ -7,8 +7,8 @@
 A "baby GPT" in the spirit of nanoGPT's shakespeare_char (4 layers, 4 heads, width 128, GELU,
 dropout 0.1), with rotary positions and RMSNorm; 0.8M parameters. Context 128 characters, batch
 32, AdamW 1e-3 with warmup and cosine decay. Eval reports held-out bits per character on whole
-plays the model never saw (research/data/text.py names them). Scale up on an accelerator with
---config.model.d_model=384 --config.model.num_layers=6 --config.data.seq_len=256 etc.
+plays the model never saw (research/data/builders/shakespeare.py names them). Scale up on an
+accelerator with --config.model.d_model=384 --config.model.num_layers=6 --config.data.seq_len=256 etc.
 """
 from research import configs
 

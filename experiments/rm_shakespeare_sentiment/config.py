@@ -18,8 +18,8 @@ The RLHF pipeline (each step a normal run; paths are this config's defaults):
       --workdir=workdirs/rlhf/rm
   # 5. experiments/ppo_shakespeare_sentiment and experiments/dpo_shakespeare_sentiment
 
-Data ('shakespeare_preferences', research/data/text.py): the store's synthetic pairs, each side
-BOS prompt '\n\n' response (no EOS) in seq_len + 1 = 129 characters; pairs carry their split
+Data ('shakespeare_preferences', research/data/preferences.py): the store's synthetic pairs, each
+side BOS prompt '\n\n' response (no EOS) in seq_len + 1 = 129 characters; pairs carry their split
 (train prompts from the train plays, test prompts from the held-out plays). Human pairs imported
 as JSONL (research/records.py) go through the same reader: --config.data.preference_source=human.
 

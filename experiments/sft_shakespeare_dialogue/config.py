@@ -14,7 +14,7 @@ speaker's reply; held-out eval = response-only bits per character on plays the m
   python -m research.main --config=experiments/sft_shakespeare_dialogue/config.py \
       --workdir=workdirs/sft_dialogue --mode=sample --config.prompt="$(printf 'Who is there?\n\n')"
 
-Data ('shakespeare_dialogue', research/data/text.py): every pair of consecutive speeches of a
+Data ('shakespeare_dialogue', research/data/dialogue.py): every pair of consecutive speeches of a
 scene by different speakers, 27,017 train pairs from the 34 train plays and 2,910 held-out
 pairs from Hamlet, Henry IV Part 1 and Richard III (the pretraining split). One pair is one
 sequence BOS prompt '\n\n' response EOS of seq_len + 1 = 129 characters (the pretraining

@@ -17,6 +17,7 @@ import ml_collections
 import optax
 
 from research import configs, optim, parallel, precision
+from research.data import datasets
 from research.family import Family
 from research.train_state import TrainState
 
@@ -75,7 +76,6 @@ class Classifier(Family):
   # --- helpers ------------------------------------------------------------------------------
   @property
   def num_classes(self) -> int:
-    from research.data import datasets  # pylint: disable=g-import-not-at-top
     return datasets.DATASETS[self.config.data.name].num_classes
 
   def model(self) -> CNN:

@@ -16,10 +16,11 @@ position is one integer, so `it.get_state()` / `it.set_state()` and
 `grain.checkpoint.CheckpointSave(it)` / `CheckpointRestore(it)` in an Orbax checkpoint resume
 exactly.
 
-Reading: a split of up to `MAX_IN_MEMORY_BYTES` decoded (all of the registered datasets; CIFAR-10
-train is 150 MB) is read into memory once per process in one sequential pass and cached; bigger
-splits are read per batch from the TFDS data source, each host reading only its own examples.
-Both give identical batches.
+Reading: each dataset kind's spec gives the reader of a split (research/data/datasets.py). For
+images a split of up to `specs.MAX_IN_MEMORY_BYTES` decoded (all of the registered datasets;
+CIFAR-10 train is 150 MB) is read into memory once per process in one sequential pass and cached;
+bigger splits are read per batch from the TFDS data source, each host reading only its own
+examples. Both give identical batches.
 
 Dedup (`config.data.dedup` = 'exact' | 'near', train split only): a keep mask over the split is
 computed once (research/evaluation/dedup.py: SHA-256 groups; 'near' adds L2 pairs within
@@ -32,20 +33,20 @@ Needs the in-memory reader.
 
 Eval: one pass over the eval split in file order, padded to whole global batches and masked.
 
-Toy data (`datasets.is_toy`: ring8, grid25, swiss_roll): the same train and eval machinery over a
+Toy data (kind 'toy': ring8, grid25, swiss_roll): the same train and eval machinery over a
 reader of in-memory float32 points (research/data/toy.py). Batches carry them under 'x'
 (float32 [B, 2]) instead of 'image'; there is no uint8 scaling, and validation has ruled out
 augmentation and dedup. Ordering, exact resume and host sharding are as above.
 
-Text (`datasets.is_text`: shakespeare): the same machinery again over a reader whose examples are
-windows of a split's token stream (research/data/text.py): batches {'tokens': int32
+Text (kind 'corpus': shakespeare): the same machinery again over a reader whose examples are
+windows of a split's token stream (research/data/corpus.py): batches {'tokens': int32
 [B, seq_len + 1]} with no label; eval batches add 'loss_mask' (float32 [B, seq_len]). Train reads
-only the full windows; eval pads the last one. Dialogue text (`datasets.is_dialogue`:
+only the full windows; eval pads the last one. Dialogue text (kind 'dialogue':
 shakespeare_dialogue): the reader's examples are (prompt, response) pairs, one padded sequence
 each, and its `row_entries` add the response-only 'loss_mask' to train batches too. RLHF text:
-prompts (`datasets.is_prompts`: shakespeare_prompts) are rows {'tokens': int32 [B, seq_len]},
+prompts (kind 'prompts': shakespeare_prompts) are rows {'tokens': int32 [B, seq_len]},
 BOS and the prompt's end LEFT-padded with PAD (mask = tokens != PAD; eval adds only 'mask');
-preference pairs (`datasets.is_preferences`: shakespeare_preferences, read from the record store
+preference pairs (kind 'preferences': shakespeare_preferences, read from the record store
 config.data.records) put the chosen sequence under 'tokens' and `row_entries` add 'loss_mask',
 'rejected' (int32 [B, seq_len + 1]) and 'rejected_loss_mask', in train and eval batches alike.
 """
@@ -67,10 +68,9 @@ import numpy as np
 
 from research.data import augment as augment_lib
 from research.data import datasets
-from research.data import toy
-
-# Splits up to this size (decoded uint8 images) are held in memory; larger ones are streamed.
-MAX_IN_MEMORY_BYTES = 2 << 30
+from research.data import readers
+from research.data import specs
+from research.evaluation import dedup as dedup_lib
 
 # Tags that make independent seeds out of the one run seed.
 _SHUFFLE, _AUGMENT, _EVAL_BINARIZE = 1, 2, 3
@@ -107,110 +107,6 @@ class PositionRng:
     return self._gen
 
 
-def to_float(images: np.ndarray) -> np.ndarray:
-  """uint8 -> float32 in [0, 1] (x / 255)."""
-  return np.asarray(images, np.uint8).astype(np.float32) / np.float32(255)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading examples
-
-
-class _Reader:
-  """rows(indices) -> (uint8 images [n, H, W, C], int64 labels [n]) from one split: from arrays
-  in memory when given, else read from the random-access `source`. `to_features` turns rows into
-  the float32 batch entry `key`."""
-  key = 'image'
-
-  def __init__(self, source, arrays=None):
-    self._source, self._arrays = source, arrays
-    self.num_examples = len(arrays[1]) if arrays is not None else len(source)
-
-  def rows(self, indices: np.ndarray):
-    if self._arrays is not None:
-      images, labels = self._arrays
-      return images[indices], labels[indices]
-    idx = [int(i) for i in indices]
-    examples = (self._source.__getitems__(idx) if hasattr(self._source, '__getitems__')
-                else [self._source[i] for i in idx])
-    if not examples:
-      return (np.zeros((0, *self._source_shape()), np.uint8), np.zeros((0,), np.int64))
-    return (np.stack([np.asarray(e['image'], np.uint8) for e in examples]),
-            np.array([e['label'] for e in examples], np.int64))
-
-  def _source_shape(self):
-    return np.asarray(self._source[0]['image']).shape
-
-  def eval_entries(self, batch: dict) -> dict:  # pylint: disable=unused-argument
-    """Entries an eval batch adds for this reader (text: the loss mask); none here."""
-    return {}
-
-  def row_entries(self, indices: np.ndarray) -> dict:  # pylint: disable=unused-argument
-    """Per-example entries beyond `key` and 'label' that train and eval batches carry, arrays
-    with leading dim len(indices) (dialogue text: the response-only 'loss_mask'); none here.
-    Eval pads them with zeros."""
-    return {}
-
-  @staticmethod
-  def to_features(rows: np.ndarray) -> np.ndarray:
-    return to_float(rows)
-
-
-class _PointsReader(_Reader):
-  """rows(indices) -> (float32 points [n, 2], int64 labels [n]) of a toy split in memory; the
-  points are model inputs already, so `to_features` passes them through."""
-  key = 'x'
-
-  def __init__(self, points: np.ndarray, labels: np.ndarray):
-    super().__init__(None, (points, labels))
-
-  @staticmethod
-  def to_features(rows: np.ndarray) -> np.ndarray:
-    return np.asarray(rows, np.float32)
-
-
-def _read_all(source, n: int, image_shape, chunk: int = 4096):
-  images = np.empty((n, *image_shape), np.uint8)
-  labels = np.empty((n,), np.int64)
-  for start in range(0, n, chunk):
-    idx = list(range(start, min(n, start + chunk)))
-    examples = (source.__getitems__(idx) if hasattr(source, '__getitems__')
-                else [source[i] for i in idx])
-    for j, e in enumerate(examples):
-      images[start + j] = e['image']
-      labels[start + j] = e['label']
-  return images, labels
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_reader(name: str, source: str, data_dir: str, split: str,
-                   in_memory_limit: int) -> _Reader:
-  if datasets.is_toy(name):
-    return _PointsReader(*toy.split_arrays(name, split))
-  src = datasets.open_source(name, source, data_dir, split)
-  shape = datasets.DATASETS[name].image_shape
-  if len(src) * math.prod(shape) > in_memory_limit:
-    return _Reader(src)
-  if source == 'package':
-    try:
-      return _Reader(src, datasets.read_package_split(name, data_dir, split))
-    except ValueError:  # not the raw-bytes image encoding: decode with TFDS below
-      pass
-  return _Reader(src, _read_all(src, len(src), shape))
-
-
-def reader(data_cfg, split: str) -> _Reader:
-  """The reader of one split, cached for the process: prepares the dataset on first use and, for
-  a split that fits `MAX_IN_MEMORY_BYTES`, reads it into memory once (toy data: generates it;
-  text: every window of the split, the last one padded)."""
-  datasets.validate(data_cfg)
-  if datasets.is_text(data_cfg.name):
-    from research.data import text  # pylint: disable=g-import-not-at-top
-    return text.reader(data_cfg, split)
-  return _cached_reader(data_cfg.name, data_cfg.source, data_cfg.data_dir, split,
-                        MAX_IN_MEMORY_BYTES)
-
-
 # ---------------------------------------------------------------------------------------------
 # Dedup (train split only)
 
@@ -219,7 +115,7 @@ class _SubsetReader:
   """A reader over the examples `keep` (sorted int64 indices) of `base`: row i is base row
   keep[i]."""
 
-  def __init__(self, base: _Reader, keep: np.ndarray):
+  def __init__(self, base: readers.Reader, keep: np.ndarray):
     self._base, self._keep = base, np.asarray(keep, np.int64)
     self.num_examples = len(self._keep)
 
@@ -251,7 +147,6 @@ def _dedup_cache_dir(data_dir: str) -> str:
 
 
 def _compute_keep(images: np.ndarray, mode: str, threshold: float):
-  from research.evaluation import dedup as dedup_lib  # pylint: disable=g-import-not-at-top
   rep = dedup_lib.dedup_images(images, threshold=threshold, near=(mode == 'near'))
   return dedup_lib.keep_mask(rep, len(images)), rep.num_exact_dropped, rep.num_near_dropped
 
@@ -285,22 +180,22 @@ def dedup_keep_mask(data_cfg, split: str, images: np.ndarray):
   return keep, exact, near
 
 
-def _dedup_reader(data_cfg, split: str, read: _Reader):
+def _dedup_reader(data_cfg, split: str, read: readers.Reader):
   """`read` restricted to the examples config.data.dedup keeps (`read` itself for 'none')."""
   mode = data_cfg.get('dedup', 'none')
   if mode == 'none':
     return read
-  if getattr(read, '_arrays', None) is None:
+  if read.arrays is None:
     raise ValueError(
         f'config.data.dedup={mode!r} needs the train split in memory, but '
-        f'{data_cfg.name}/{split} exceeds MAX_IN_MEMORY_BYTES={MAX_IN_MEMORY_BYTES} and is '
+        f'{data_cfg.name}/{split} exceeds MAX_IN_MEMORY_BYTES={specs.MAX_IN_MEMORY_BYTES} and is '
         "streamed; use dedup='none' (or a smaller train_split)")
   key = (mode, float(data_cfg.get('dedup_rms', 0.02)) if mode == 'near' else 0.0,
          data_cfg.name, data_cfg.source, split)
   with _DEDUP_LOCK:
     cached = _DEDUP_READERS.setdefault(read, {})
     if key not in cached:
-      keep, exact, near = dedup_keep_mask(data_cfg, split, read._arrays[0])
+      keep, exact, near = dedup_keep_mask(data_cfg, split, read.arrays[0])
       kept = np.flatnonzero(keep).astype(np.int64)
       logging.info('dedup: kept %d of %d train examples (exact dropped %d, near dropped %d)',
                    len(kept), len(keep), exact, near)
@@ -349,7 +244,7 @@ class TrainBatches:
   """Random-access source of host batches: element j = stream positions [j*b, (j+1)*b).
   Infinite (length sys.maxsize); thread-safe."""
 
-  def __init__(self, read: _Reader, batch_size: int, seed: int, aug: augment_lib.Augment):
+  def __init__(self, read: readers.Reader, batch_size: int, seed: int, aug: augment_lib.Augment):
     self._read, self._b, self._aug = read, batch_size, aug
     self._shuffle_seed = derived_seed(seed, _SHUFFLE)
     self._aug_seed = derived_seed(seed, _AUGMENT)
@@ -394,11 +289,7 @@ def train_dataset(data_cfg, global_batch_size: int, seed: int, process_index: in
                   process_count: int = 1) -> grain.MapDataset:
   """This host's infinite random-access dataset of batches (see the module docstring)."""
   b = _host_batch_size(global_batch_size, process_index, process_count)
-  if datasets.is_text(data_cfg.name):  # the full windows only
-    from research.data import text  # pylint: disable=g-import-not-at-top
-    read = text.reader(data_cfg, data_cfg.train_split, train=True)
-  else:
-    read = reader(data_cfg, data_cfg.train_split)
+  read = datasets.reader(data_cfg, data_cfg.train_split, train=True)  # text: full windows only
   if read.num_examples == 0:
     raise ValueError(f'config.data.train_split={data_cfg.train_split!r} is empty')
   read = _dedup_reader(data_cfg, data_cfg.train_split, read)
@@ -427,7 +318,7 @@ class EvalBatches:
   """Random-access source of host batches over the first `num_real` examples, padded (zeros,
   label 0, mask 0) to whole global batches: element j = rows [j*b, (j+1)*b)."""
 
-  def __init__(self, read: _Reader, num_real: int, batch_size: int, num_host_batches: int,
+  def __init__(self, read: readers.Reader, num_real: int, batch_size: int, num_host_batches: int,
                binarize: str, seed: int):
     self._read, self._n, self._b, self._len = read, num_real, batch_size, num_host_batches
     self._aug = augment_lib.Augment(binarize=binarize)
@@ -489,7 +380,7 @@ def eval_batches(data_cfg, global_batch_size: int, process_index: int = 0,
   binary eval set."""
   b = _host_batch_size(global_batch_size, process_index, process_count)
   num_real = datasets.info(data_cfg).num_eval
-  read = reader(data_cfg, data_cfg.eval_split)
+  read = datasets.reader(data_cfg, data_cfg.eval_split)
   num_real = min(num_real, read.num_examples)
   num_global = math.ceil(num_real / global_batch_size)
   ds = grain.MapDataset.source(

@@ -57,10 +57,6 @@ def _check_name(name: str) -> None:
     raise ValueError(f'unknown toy dataset {name!r}; use one of {list(NAMES)}')
 
 
-def is_toy(name: str) -> bool:
-  return name in NAMES
-
-
 def modes(name: str) -> Optional[np.ndarray]:
   """The [K, 2] mode centres of a mixture dataset (a fresh copy), None for swiss_roll."""
   _check_name(name)

@@ -62,7 +62,7 @@ class Diffusion(Family):
       self._levels = jnp.asarray(schedules.discrete_logsnr(betas))   # [T], decreasing
     info = datasets.info(config.data)
     self._num_classes = info.num_classes if config.model.class_conditional else 0
-    self._images = not datasets.is_toy(config.data.name)
+    self._images = datasets.spec(config.data.name).key == 'image'   # else 2-D points
 
   # --- config -------------------------------------------------------------------------------
   @classmethod
@@ -122,7 +122,7 @@ class Diffusion(Family):
     m, d, s = config.model, config.diffusion, config.sampler
     configs.one_of(m.arch, ('unet', 'mlp'), 'model.arch')
     configs.one_of(m.conv_impl, networks.CONV_IMPLS, 'model.conv_impl')
-    toy = datasets.is_toy(config.data.name)
+    toy = datasets.spec(config.data.name).key == 'x'   # 2-D points
     configs.require(toy == (m.arch == 'mlp'), 'model.arch', m.arch,
                     'use mlp for 2-D toy data and unet for images')
     if m.arch == 'unet':

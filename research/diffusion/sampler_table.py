@@ -33,6 +33,12 @@ import time
 import numpy as np
 from absl import app, flags
 
+from research import configs, evaluate, metric_writers, parallel, trainer
+from research.data import datasets, readers
+from research.diffusion import samplers
+from research.evaluation import sample_quality as sq
+from research.evaluation import features, stats
+
 FLAGS = flags.FLAGS
 
 
@@ -76,8 +82,6 @@ def draw(config, state, mesh, spec: dict, num: int, chunk: int, key, clip_denois
   sampler spec on the restored state: images, or points for 2-D data. Draw d > 0 uses the key
   folded with d."""
   import jax  # pylint: disable=g-import-not-at-top
-  from research import configs, parallel, trainer  # pylint: disable=g-import-not-at-top
-  from research.data import datasets  # pylint: disable=g-import-not-at-top
   cfg = config.copy_and_resolve_references()
   cfg.sampler.name, cfg.sampler.steps, cfg.sampler.grid = spec['name'], spec['steps'], spec[
       'grid']
@@ -87,7 +91,8 @@ def draw(config, state, mesh, spec: dict, num: int, chunk: int, key, clip_denois
   configs.validate(cfg, mesh.size, jax.process_count())
   exp = trainer.build(cfg, mesh)
   sample = exp.sample.lower(state, key).compile()   # compile only: a warm-up call would double
-  name = 'points' if datasets.is_toy(config.data.name) else 'images'  # the cost of 1000 steps
+  # the cost of 1000 steps
+  name = 'points' if datasets.spec(config.data.name).key == 'x' else 'images'
   sets, seconds = [], 0.0
   for d in range(draws):
     base = jax.random.fold_in(key, 1_000_003 * d) if d else key
@@ -104,7 +109,6 @@ def with_error_bars(metrics_fn, sets: list, bootstrap: int, seed: int = 0) -> di
   """`metrics_fn` on each set: mean ± s.e. over the sets (`stats.over_draws`) when there are
   several; for one set, its metrics with `<name>_se` = the std over `bootstrap` resamples of it
   (with replacement), the reference fixed."""
-  from research.evaluation import stats  # pylint: disable=g-import-not-at-top
   if len(sets) > 1:
     return stats.over_draws([metrics_fn(x) for x in sets]) | {'se_method': 'draws'}
   out = dict(metrics_fn(sets[0]))
@@ -124,21 +128,16 @@ def sampler_table(workdir: str, specs: list[dict], num_samples: int, max_real: i
                   clip_denoised: bool | None = None, draws: int = 1, bootstrap: int = 20,
                   step: int = -1) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  from research import evaluate, trainer  # pylint: disable=g-import-not-at-top
-  from research.data import datasets, pipeline  # pylint: disable=g-import-not-at-top
-  from research.diffusion import samplers  # pylint: disable=g-import-not-at-top
-  from research.evaluation import features  # pylint: disable=g-import-not-at-top
-  from research.evaluation import sample_quality as sq  # pylint: disable=g-import-not-at-top
   with open(os.path.join(workdir, 'config.json')) as f:
     config = features.config_from_json(json.load(f))
   exp, state, _, sample_key = trainer.restore(config, workdir, step)
   step = int(np.asarray(jax.device_get(state.step)))
-  toy = datasets.is_toy(config.data.name)
+  toy = datasets.spec(config.data.name).key == 'x'   # 2-D points
 
   def split(name):
-    read = pipeline.reader(config.data, name)
+    read = datasets.reader(config.data, name)
     x, _ = read.rows(np.arange(read.num_examples))
-    return np.asarray(x, np.float64) if toy else pipeline.to_float(x)
+    return np.asarray(x, np.float64) if toy else readers.to_float(x)
 
   if toy:
     test = split(config.data.eval_split)
@@ -208,7 +207,6 @@ def _v(r: dict, k: str, digits: int = 3) -> str:
 def average(paths: list[str]) -> dict:
   """Tables of runs that differ only by seed -> one table of mean ± s.e. over the runs (the
   `_se` fields are now over runs; `num_runs` = n), rows matched by (name, steps, grid)."""
-  from research.evaluation import stats  # pylint: disable=g-import-not-at-top
   parts = []
   for path in paths:
     with open(path) as f:
@@ -276,7 +274,6 @@ def main(argv):
         json.dump(result, f, indent=2)
     print(format_table(result))
     return
-  from research import metric_writers  # pylint: disable=g-import-not-at-top
   metric_writers.console_logging()
   try:
     specs = [parse_spec(s) for s in FLAGS.samplers.split(',')]

@@ -23,8 +23,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from research import configs, parallel
-from research.data import datasets
+from research import configs, parallel, trainer
+from research.data import datasets, sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_BATCH = 500
@@ -100,11 +100,10 @@ def ensure_trained(config, workdir: str) -> dict:
   final = _finished(workdir, config.train.num_steps)
   if final is not None:
     return final
-  with datasets.file_lock(os.path.join(os.path.dirname(os.path.normpath(workdir)),
+  with sources.file_lock(os.path.join(os.path.dirname(os.path.normpath(workdir)),
                           f'.{os.path.basename(os.path.normpath(workdir))}.lock')):
     final = _finished(workdir, config.train.num_steps)
     if final is None:
-      from research import trainer  # pylint: disable=g-import-not-at-top
       configs.validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
       logging.info('training the feature network %s (first use)', workdir)
       start = time.perf_counter()
@@ -127,7 +126,6 @@ def load_feature_fn(name_or_workdir: str, data_cfg=None, batch_size: int = DEFAU
   """
   config, workdir, experiment = _resolve(name_or_workdir, data_cfg)
   final = ensure_trained(config, workdir)
-  from research import trainer  # pylint: disable=g-import-not-at-top
   exp, state, _, _ = trainer.restore(config, workdir, -1)
   params = parallel.to_host(exp.family.eval_params(state))
   family = exp.family

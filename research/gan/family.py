@@ -35,7 +35,7 @@ import optax
 from jax import lax
 
 from research import configs, optim, parallel, precision
-from research.data import datasets
+from research.data import datasets, toy
 from research.evaluation import stats, toy_mixtures
 from research.family import Family
 from research.gan import losses, networks
@@ -79,7 +79,7 @@ class GAN(Family):
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
     self._info = datasets.info(config.data)
-    self._images = not datasets.is_toy(config.data.name)
+    self._images = datasets.spec(config.data.name).key == 'image'   # else 2-D points
     self._num_classes = self._info.num_classes if config.model.class_conditional else 0
     self._jit_draw = jax.jit(self._draw, static_argnums=2)
 
@@ -116,7 +116,7 @@ class GAN(Family):
   def validate_config(cls, config: ml_collections.ConfigDict) -> None:
     m, g = config.model, config.gan
     configs.one_of(m.arch, ARCHS, 'model.arch')
-    toy = datasets.is_toy(config.data.name)
+    toy = datasets.spec(config.data.name).key == 'x'   # 2-D points
     configs.require(toy == (m.arch == 'mlp'), 'model.arch', m.arch,
                     'use mlp for 2-D toy data and dcgan for images')
     configs.require(m.latent_dim > 0, 'model.latent_dim', m.latent_dim, 'must be > 0')
@@ -395,7 +395,6 @@ class GAN(Family):
   def host_eval(self, state: GANState, eval_batches, key: jax.Array) -> dict:
     """2-D mixtures: PacGAN's mode statistics on 2,500 generated points, mean and standard
     error (`<name>_se`) over `eval.draws` independent draws (the first uses `key` itself)."""
-    from research.data import toy  # pylint: disable=g-import-not-at-top
     name = self.config.data.name
     if self._images or toy.modes(name) is None:
       return {}

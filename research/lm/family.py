@@ -37,13 +37,12 @@ import optax
 
 from research import checkpoint as ckpt_lib
 from research import configs, matmul, optim, parallel, precision
-from research.data import datasets
-from research.data import text as text_data
+from research.data import corpus
+from research.data import tokenizers
 from research.family import Family
 from research.lm import generate as gen
 from research.lm import lora
 from research.lm import model as model_lib
-from research.lm import tokenizers
 from research.train_state import TrainState
 
 
@@ -51,7 +50,7 @@ class LM(Family):
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
-    self.tokenizer = text_data.tokenizer(config.data)
+    self.tokenizer = corpus.tokenizer(config.data)
     self.model_cfg = model_config(config, self.tokenizer.vocab_size)
     self.net = model_lib.Transformer(self.model_cfg)
     self.lora_rank = int(config.model.get('lora_rank', 0))
@@ -305,17 +304,10 @@ def _check_init_from(config: ml_collections.ConfigDict) -> None:
   configs.require(family == 'lm', 'init_from.workdir', src.workdir,
                   f'is a {family!r} run, not an LM; start from an LM run\'s workdir')
   data = ml_collections.ConfigDict(other.get('data', {}))
-  diff = text_data.tokenizer_mismatch(config.data, data)
+  diff = corpus.tokenizer_mismatch(config.data, data)
   if diff:
     field, ours, theirs = diff
-    if field == 'data.train_split' and datasets.is_derived(config.data.name):
-      fix = (f'a dialogue dataset\'s tokenizer is fit on its corpus\'s '
-             f'{text_data.DIALOGUE_TOKENIZER_SPLIT!r} split: start from a run pretrained with '
-             f'data.train_split={text_data.DIALOGUE_TOKENIZER_SPLIT!r}')
-    elif field == 'data.name':
-      fix = 'pretrain on the same corpus'
-    else:
-      fix = f'fine-tune with --config.{field}={theirs}'
+    fix = corpus.tokenizer_fix(config.data, field, theirs)
     raise configs.ConfigError(
         f'config.{field}={ours!r}: {where} used {field}={theirs!r}, another tokenizer whose '
         f'vocabulary (token ids, embedding rows) is not this run\'s; {fix}')

@@ -20,7 +20,7 @@ import ml_collections
 
 from research import configs, optim
 from research.data import datasets
-from research.lm import tokenizers
+from research.data import tokenizers
 from research.lm.family import LM
 from research.train_state import TrainState
 
@@ -50,9 +50,7 @@ class DPO(LM):
   @classmethod
   def validate_config(cls, config: ml_collections.ConfigDict) -> None:
     super().validate_config(config)
-    configs.require(datasets.is_preferences(config.data.name), 'data.name', config.data.name,
-                    'DPO trains on preference pairs: use one of '
-                    f'{sorted(datasets.PREFERENCE_NAMES)}')
+    datasets.require_kind(config.data, 'preferences', 'DPO trains on preference pairs')
     configs.require(config.model.lora_rank == 0, 'model.lora_rank', config.model.lora_rank,
                     'LoRA is not supported by DPO yet; use 0 (or merge the adapters first)')
     configs.require(config.dpo.beta > 0, 'dpo.beta', config.dpo.beta, 'must be > 0')

@@ -29,11 +29,12 @@ import ml_collections
 import numpy as np
 
 from research import checkpoint as ckpt_lib
-from research.data import text as text_data
+from research.data import corpus
+from research.data import datasets
+from research.data import tokenizers
 from research.lm import family as lm_family
 from research.lm import generate as gen
 from research.lm import model as model_lib
-from research.lm import tokenizers
 from research.rlhf import heads, sentiment
 
 
@@ -67,7 +68,7 @@ def prompt_batch(data_cfg, num: int, seq_len: int):
   cfg = ml_collections.ConfigDict(data_cfg.to_dict())
   cfg.name, cfg.seq_len = 'shakespeare_prompts', seq_len
   cfg.records, cfg.preference_source = '', 'synthetic'
-  rows = text_data.reader(cfg, 'test').rows(np.arange(num))[0]
+  rows = datasets.reader(cfg, 'test').rows(np.arange(num))[0]
   tokens = jnp.asarray(rows)
   return tokens, tokens != tokenizers.PAD
 
@@ -121,7 +122,7 @@ def frontier(reference: str, runs: list[str], *, reward: str = '', num_prompts: 
   """Evaluates every checkpoint of `runs` against the reference run; returns one dict each and
   writes frontier.jsonl / frontier.png under `out`."""
   ref_cfg = run_config(reference)
-  tok = text_data.tokenizer(ref_cfg.data)
+  tok = corpus.tokenizer(ref_cfg.data)
   ref_params = load_params(reference)
   prompts, pmask = prompt_batch(ref_cfg.data, num_prompts, prompt_len)
   key = jax.random.key(seed)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from research.data import tokenizers
 from research.lm import model as model_lib
-from research.lm import tokenizers
 from research.rlhf import ppo
 
 REWARD = 'reward_head'

@@ -56,12 +56,11 @@ from jax import lax
 
 from research import checkpoint as ckpt_lib
 from research import configs, optim, parallel
-from research.data import datasets
+from research.data import datasets, tokenizers
 from research.lm import family as lm_family
 from research.lm import generate as gen
 from research.lm import model as model_lib
-from research.lm import tokenizers
-from research.rlhf import heads, ppo
+from research.rlhf import heads, ppo, sentiment
 from research.train_state import TrainState, apply_gradients
 
 REWARDS = ('model', 'token')
@@ -112,8 +111,7 @@ class PPO(lm_family.LM):
   def validate_config(cls, config: ml_collections.ConfigDict) -> None:
     super().validate_config(config)
     r, p = config.rlhf, config.ppo
-    configs.require(datasets.is_prompts(config.data.name), 'data.name', config.data.name,
-                    f"PPO's batches are prompts: use one of {sorted(datasets.PROMPT_NAMES)}")
+    datasets.require_kind(config.data, 'prompts', "PPO's batches are prompts")
     configs.one_of(r.reward, REWARDS, 'rlhf.reward')
     configs.require(config.model.lora_rank == 0, 'model.lora_rank', config.model.lora_rank,
                     'LoRA is not supported by PPO yet; use 0 (or merge the adapters first)')
@@ -303,7 +301,6 @@ class PPO(lm_family.LM):
     out = dict(outputs)
     tokens, mask = out.pop('tokens'), out.pop('token_mask')
     if self.config.rlhf.true_reward == 'sentiment':
-      from research.rlhf import sentiment  # pylint: disable=g-import-not-at-top
       texts = [self.tokenizer.decode(t[m > 0].tolist()) for t, m in zip(tokens, mask)]
       out['true_reward'] = sentiment.scores(texts)
     return out

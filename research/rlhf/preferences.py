@@ -8,7 +8,7 @@ store (research/records.py) with source='synthetic'.
       --split=test --num_prompts=300
 
 Prompts (`select_prompts`): the distinct prompt speeches of the 'shakespeare_dialogue' pairs
-(`text.pairs`) of --split, in an order shuffled by --seed, the first --num_prompts of them. The
+(`dialogue.pairs`) of --split, in an order shuffled by --seed, the first --num_prompts of them. The
 'train' prompts leave out every speech that is also a 'test' prompt (short lines such as 'My
 lord?' occur in both), so the two splits' prompts are disjoint and 'test' pairs are held out
 from a reward model trained on 'train' pairs. The dataset reads the policy's data_dir/source.
@@ -16,7 +16,7 @@ from a reward model trained on 'train' pairs. The dataset reads the policy's dat
 Replies (`sample_responses`): the LM run in --policy (its config.json, its latest checkpoint via
 `trainer.restore`, its eval parameters, i.e. EMA when it keeps one) continues
 BOS + encode(prompt + '\n\n') -- the dialogue format the model was fine-tuned on
-(research/data/text.py), cut to its last max_len - max_new_tokens tokens (BOS kept) -- with the
+(research/data/dialogue.py), cut to its last max_len - max_new_tokens tokens (BOS kept) -- with the
 KV-cache sampler at --temperature (0 = greedy). A reply ends at the first EOS (not part of the
 text) or after --max_new_tokens tokens. Two replies per prompt.
 
@@ -37,6 +37,10 @@ from typing import Sequence
 
 import numpy as np
 
+from research import parallel, records, trainer
+from research.data import dialogue
+from research.evaluation import features
+from research.lm import generate as gen
 from research.rlhf import sentiment
 
 DIALOGUE_DATASET = 'shakespeare_dialogue'
@@ -105,7 +109,6 @@ def label_pairs(prompts: Sequence[str], responses_a: Sequence[str],
 def read_config(workdir: str):
   """The full config of the run in `workdir` (its config.json over the family's defaults, as
   research/evaluate.py reads a run)."""
-  from research.evaluation import features  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
     raise FileNotFoundError(f'no config.json in {workdir}: not a training run directory')
@@ -129,14 +132,13 @@ def dialogue_data_config(policy_config):
 def select_prompts(data_cfg, split: str, num: int, seed: int) -> list[str]:
   """The first `num` distinct prompts of `split` in an order shuffled by `seed`; 'train' leaves
   out the prompts that are also 'test' prompts (module docstring)."""
-  from research.data import text  # pylint: disable=g-import-not-at-top
   if split not in SPLITS:
     raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
   if num < 1:
     raise ValueError(f'num_prompts must be >= 1, got {num}')
-  distinct = list(dict.fromkeys(p for p, _ in text.pairs(data_cfg, split)))
+  distinct = list(dict.fromkeys(p for p, _ in dialogue.pairs(data_cfg, split)))
   if split == 'train':
-    held_out = {p for p, _ in text.pairs(data_cfg, 'test')}
+    held_out = {p for p, _ in dialogue.pairs(data_cfg, 'test')}
     distinct = [p for p in distinct if p not in held_out]
   if num > len(distinct):
     raise ValueError(f'num_prompts={num} but the {split!r} split has {len(distinct)} distinct '
@@ -151,7 +153,6 @@ def select_prompts(data_cfg, split: str, num: int, seed: int) -> list[str]:
 
 def load_policy(workdir: str, step: int = -1):
   """(config, family, state, step) of the LM run in `workdir` at `step` (-1 = the latest)."""
-  from research import parallel, trainer  # pylint: disable=g-import-not-at-top
   config = read_config(workdir)
   exp, state, _, _ = trainer.restore(config, workdir, step)
   return config, exp.family, state, int(parallel.to_host(state.step))
@@ -162,7 +163,6 @@ def generate_responses(family, state, prompts: Sequence[str], key, *, num_per_pr
                        batch_size: int = 64) -> list[list[str]]:
   """`sample_responses` for a loaded policy (`load_policy`)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from research.lm import generate as gen  # pylint: disable=g-import-not-at-top
   tok, cfg = family.tokenizer, family.model_cfg
   if num_per_prompt < 1 or batch_size < 1:
     raise ValueError(f'num_per_prompt={num_per_prompt} and batch_size={batch_size} must be >= 1')
@@ -170,9 +170,8 @@ def generate_responses(family, state, prompts: Sequence[str], key, *, num_per_pr
   if max_new_tokens < 1 or room < 2:
     raise ValueError(f'max_new_tokens={max_new_tokens} must be in [1, model max_len - 2 = '
                      f'{cfg.max_len - 2}] (the prompt needs BOS and one token)')
-  from research.data import text  # pylint: disable=g-import-not-at-top
   # One prompt width (room): BOS and the prompt's end, left-padded; one compile for every batch.
-  rows = [row for p in prompts for row in [text.encode_prompt(tok, p, room)] * num_per_prompt]
+  rows = [row for p in prompts for row in [dialogue.encode_prompt(tok, p, room)] * num_per_prompt]
   if not rows:
     return []
   batch = min(batch_size, len(rows))
@@ -219,7 +218,6 @@ def run(policy: str, store: str, split: str, num_prompts: int, *, temperature: f
   """The CLI: prompts of `split`, two replies each from `policy`, labels, one transaction into
   the record store at `store`. Returns (and prints) a summary."""
   import jax  # pylint: disable=g-import-not-at-top
-  from research import records  # pylint: disable=g-import-not-at-top
   config = read_config(policy)
   prompts = select_prompts(dialogue_data_config(config), split, num_prompts, seed)
   _, family, state, step = load_policy(policy)

@@ -8,7 +8,7 @@ so the loss is -log sigmoid(r_w - r_l), averaged over pairs. Rewards are only de
 constant; `reward.center_coef` adds coef * mean((r_w + r_l)^2) to keep them near 0 (trl's
 `center_rewards_coefficient`), which PPO's value head and KL coefficient prefer.
 
-Data: `shakespeare_preferences` (research/data/text.py), pairs read from the record store at
+Data: `shakespeare_preferences` (research/data/preferences.py), pairs read from the record store at
 `data.records`. Eval on its 'test' split: pair accuracy (r_w > r_l), loss and margin.
 Initialise from a pretrained or fine-tuned LM run with `init_from.workdir` (the head is fresh).
 """
@@ -22,8 +22,8 @@ import ml_collections
 
 from research import configs, optim, parallel
 from research.data import datasets
+from research.data import tokenizers
 from research.lm import model as model_lib
-from research.lm import tokenizers
 from research.lm.family import LM
 from research.rlhf import heads
 from research.train_state import TrainState
@@ -50,9 +50,7 @@ class RewardModel(LM):
   @classmethod
   def validate_config(cls, config: ml_collections.ConfigDict) -> None:
     super().validate_config(config)
-    configs.require(datasets.is_preferences(config.data.name), 'data.name', config.data.name,
-                    'a reward model trains on preference pairs: use one of '
-                    f'{sorted(datasets.PREFERENCE_NAMES)}')
+    datasets.require_kind(config.data, 'preferences', 'a reward model trains on preference pairs')
     configs.require(config.reward.center_coef >= 0, 'reward.center_coef',
                     config.reward.center_coef, 'must be >= 0 (0 = off)')
     configs.require(config.reward.head_init_std >= 0, 'reward.head_init_std',

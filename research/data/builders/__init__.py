@@ -1,5 +1,5 @@
 """The project's offline TFDS builders, one module each (imported lazily: see
-`research.data.datasets.PACKAGE_BUILDERS`).
+`research.data.catalog.PACKAGE_BUILDERS`).
 
 Every builder reads files an installed package ships -- nothing is downloaded -- and is prepared
 with `file_format='array_record'`, so it is read with `tfds.data_source` / `as_data_source`

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from research.data import datasets
+from research.data import catalog
 from research.data.builders import _base
 
 _DESCRIPTION = """\
@@ -58,7 +58,7 @@ class GenlabFashionMnist(_base.GenlabBuilder):
   LICENSE = 'MIT'
 
   def load_splits(self):
-    d = datasets.FASHION_MNIST_DIR
+    d = catalog.FASHION_MNIST_DIR
 
     def load(prefix):
       images = read_idx(os.path.join(d, f'{prefix}-images-idx3-ubyte.gz'))[..., None]

@@ -19,7 +19,7 @@ model is written to memory, not to files), so the same text gives the same model
 
 `save(directory)` writes tokenizer.json (kind, vocab size, specials and the vocabulary; bpe adds
 bpe.model next to it) and `load(directory)` restores any kind. `make(data_cfg, text)` builds the
-configured one (`data.tokenizer`, `data.vocab_size`); research/data/text.py caches it on disk next
+configured one (`data.tokenizer`, `data.vocab_size`); research/data/corpus.py caches it on disk next
 to the prepared dataset.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import ClassVar, Iterable
 
 import numpy as np
 
-from research import configs
+from research.config_checks import one_of, require
 
 KINDS = ('byte', 'char', 'bpe')
 SPECIALS = ('<pad>', '<bos>', '<eos>', '<unk>')
@@ -275,7 +275,7 @@ def load(directory: str) -> Tokenizer:
 def make(data_cfg, train_text: str) -> Tokenizer:
   """The tokenizer `data_cfg.tokenizer` built from `train_text` (bpe: `data_cfg.vocab_size`)."""
   kind = data_cfg.get('tokenizer', 'char')
-  configs.one_of(kind, KINDS, 'data.tokenizer')
+  one_of(kind, KINDS, 'data.tokenizer')
   if kind == 'byte':
     return ByteTokenizer()
   if kind == 'char':
@@ -285,5 +285,5 @@ def make(data_cfg, train_text: str) -> Tokenizer:
     return BpeTokenizer.train(train_text, vocab_size)
   except (ValueError, RuntimeError) as e:  # too small, or more pieces than the text can merge
     why = ' '.join(str(e).split())
-    configs.require(False, 'data.vocab_size', vocab_size, f'bpe training failed: {why}')
+    require(False, 'data.vocab_size', vocab_size, f'bpe training failed: {why}')
     raise
