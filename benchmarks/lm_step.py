@@ -104,7 +104,7 @@ class Ours:
   def setup_generate(self, prompts: np.ndarray, mask: np.ndarray, new_tokens: int, pad_id: int):
     net = self.exp.family.net
     apply = lambda params, tokens, **kw: net.apply({'params': params}, tokens, **kw)
-    params = self.exp.family.eval_params(self.state)
+    params = self.exp.family.eval_params_of(self.state)
     mesh = self.exp.mesh
 
     # Each device generates for its slice of the prompts (one device: the plain call).

@@ -147,7 +147,7 @@ class Ours:
   def generate(self):
     """The rollout's sampler call alone (the same arguments as PPO.rollout)."""
     fam, r = self.exp.family, self.config.rlhf
-    lm = fam.model_params(fam.eval_params(self.state))
+    lm = fam.model_params(fam.eval_params_of(self.state))
     out = self._generate(lm, self.prompts, self.pmask, jax.random.key(100 + self.gen_calls))
     jax.block_until_ready(out)
     self.gen_calls += 1

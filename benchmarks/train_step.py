@@ -111,7 +111,7 @@ def benchmark(spec: str, steps: int, warmup: int, batch_size: int, mesh) -> dict
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
   init = parallel.data_parallel(family.init_state, mesh, batch_args=(1,), out_batched=False)
   state = init(init_key, batches[0])
-  params = state.params if hasattr(state, 'params') else family.eval_params(state)
+  params = state.params if hasattr(state, 'params') else family.eval_params_of(state)
   num_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
 
   def step_fn(state, batch, key):   # as research/trainer.py: a fresh key at every step

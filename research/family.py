@@ -95,7 +95,7 @@ class Family(abc.ABC):
     A 'config' entry holds `config.<section>` overrides that redraw the same kind of sample."""
     return {}
 
-  def eval_params(self, state: PyTree) -> PyTree:
+  def eval_params_of(self, state: PyTree) -> PyTree:
     """The parameter tree eval and sampling use (the EMA copy where the family keeps one).
     Step functions get the whole state and call this themselves."""
     return getattr(state, 'params', state)

@@ -31,7 +31,7 @@ class NonFiniteError(RuntimeError):
 
 
 @dataclasses.dataclass
-class Experiment:
+class BoundFamily:
   """A family bound to a mesh: its compiled per-device functions and the run's keys."""
   config: ml_collections.ConfigDict
   family: Any
@@ -54,7 +54,7 @@ def make_mesh(config: ml_collections.ConfigDict, devices=None) -> jax.sharding.M
   return parallel.make_mesh(devices)
 
 
-def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Experiment:
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> BoundFamily:
   """Binds the config's family to a mesh and wraps its per-device functions: data parallelism
   over a replicated state (default), or the sharded path (`research/sharding.py`)."""
   mesh = mesh or make_mesh(config)
@@ -81,7 +81,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
     init = dp(family.init_state, mesh, batch_args=(1,), out_batched=False)
     step = dp(train_step, mesh, batch_args=(1,), out_batched=(False, False), donate_argnums=(0,))
   # Eval, sampling and visualisation read the state in whatever layout it has.
-  return Experiment(
+  return BoundFamily(
       config=config, family=family, mesh=mesh, init=init, train_step=step,
       eval_step=dp(eval_step, mesh, batch_args=(1,), out_batched=True),
       sample=dp(sample, mesh, batch_args=(), out_batched=True),
@@ -105,7 +105,7 @@ def _eval_batches(config):
                                jax.process_count(), seed=config.seed)
 
 
-def init_state(exp: Experiment, data_iter):
+def init_state(exp: BoundFamily, data_iter):
   """Fresh, replicated train state. Peeks at one batch for shapes without consuming it."""
   position = data_iter.get_state()
   batch = next(data_iter)
@@ -133,7 +133,7 @@ def stale_ema_warning(metrics: dict, step: int, decay: float) -> str | None:
   return None
 
 
-def evaluate(exp: Experiment, state, key, stop: Callable[[], bool] | None = None) -> dict:
+def evaluate(exp: BoundFamily, state, key, stop: Callable[[], bool] | None = None) -> dict:
   """Per-example eval metrics averaged over the whole eval split (padding dropped), then the
   family's host-side eval. With an EMA (and `eval.compare_raw`) the per-example metrics are
   also computed on the raw parameters (`raw_*`), with a warning when the EMA is far worse.
@@ -156,7 +156,7 @@ def _stoppable(batches, stop: Callable[[], bool] | None):
     yield batch
 
 
-def _split_means(exp: Experiment, state, key, stop=None) -> dict:
+def _split_means(exp: BoundFamily, state, key, stop=None) -> dict:
   """`eval_step`'s per-example metrics averaged over the eval split, and `finalize_eval`'s."""
   sums, count = {}, 0.0
   for i, batch in enumerate(_stoppable(_eval_batches(exp.config), stop)):
@@ -171,7 +171,7 @@ def _split_means(exp: Experiment, state, key, stop=None) -> dict:
   return metrics | exp.family.finalize_eval(metrics)
 
 
-def write_samples(exp: Experiment, state, key, writer: MetricWriter, step: int) -> dict:
+def write_samples(exp: BoundFamily, state, key, writer: MetricWriter, step: int) -> dict:
   """Sample grids (PNG), raw samples (.npz, with a JSON of what made them) and the family's
   visualizations of a data batch. Samples of other sampler settings get other file names."""
   out = {}
@@ -310,7 +310,7 @@ def _meta(config, step: int, pending: list[str]) -> dict:
           'pending': list(pending)}
 
 
-def _transfer(exp: Experiment, state):
+def _transfer(exp: BoundFamily, state):
   """Initialises parameters from another run's checkpoint (transfer learning)."""
   src = exp.config.init_from
   source = ckpt_lib.Checkpointer(os.path.join(src.workdir, 'checkpoints'), read_only=True)

@@ -118,5 +118,5 @@ class Classifier(Family):
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return {'accuracy': (jnp.argmax(logits, -1) == labels).astype(jnp.float32), 'nll': nll}
 
-  def eval_params(self, state: TrainState):
+  def eval_params_of(self, state: TrainState):
     return state.eval_params

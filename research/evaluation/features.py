@@ -127,7 +127,7 @@ def load_feature_fn(name_or_workdir: str, data_cfg=None, batch_size: int = DEFAU
   config, workdir, experiment = _resolve(name_or_workdir, data_cfg)
   final = ensure_trained(config, workdir)
   exp, state, _, _ = trainer.restore(config, workdir, -1)
-  params = parallel.to_host(exp.family.eval_params(state))
+  params = parallel.to_host(exp.family.eval_params_of(state))
   family = exp.family
   image_shape = tuple(datasets.DATASETS[config.data.name].image_shape)
 

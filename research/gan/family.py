@@ -361,7 +361,7 @@ class GAN(Family):
     labels = self._labels(batch)
     b = real.shape[0]
     z = self._latents(key, b)
-    fake, _ = self._generate(self.eval_params(state), state.g.model_state, z, labels)
+    fake, _ = self._generate(self.eval_params_of(state), state.g.model_state, z, labels)
     net = self._discriminator()
     logits = net.apply({'params': state.d.params, **state.d.model_state},
                        jnp.concatenate([pack(real, m), pack(fake, m)]),
@@ -372,7 +372,7 @@ class GAN(Family):
             'd_real_acc': (real_logits > 0).astype(jnp.float32),
             'd_fake_acc': (fake_logits < 0).astype(jnp.float32)}
 
-  def eval_params(self, state: GANState):
+  def eval_params_of(self, state: GANState):
     return state.g.eval_params
 
   def _draw(self, params, key, num: int, g_state, first: int | jax.Array = 0):
@@ -388,7 +388,7 @@ class GAN(Family):
     return out
 
   def sample(self, state: GANState, key: jax.Array, num: int):
-    return self._draw(self.eval_params(state), key, num, state.g.model_state,
+    return self._draw(self.eval_params_of(state), key, num, state.g.model_state,
                       lax.axis_index(parallel.AXIS) * num)
 
   # --- host-side hooks ----------------------------------------------------------------------
@@ -398,7 +398,7 @@ class GAN(Family):
     name = self.config.data.name
     if self._images or toy.modes(name) is None:
       return {}
-    params, g_state = parallel.to_host((self.eval_params(state), state.g.model_state))
+    params, g_state = parallel.to_host((self.eval_params_of(state), state.g.model_state))
     key = jax.random.wrap_key_data(parallel.to_host(jax.random.key_data(key)))
     per_draw = []
     for d in range(self.config.eval.draws):

@@ -177,7 +177,7 @@ class LM(Family):
     tokens = batch['tokens']
     targets = tokens[:, 1:]
     weights = batch['loss_mask']
-    logits, _ = self._apply(self.eval_params(state), tokens[:, :-1])
+    logits, _ = self._apply(self.eval_params_of(state), tokens[:, :-1])
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     return {'nll_sum': (nll * weights).sum(1), 'num_tokens': weights.sum(1),
             'num_chars': (self._token_chars[targets] * weights).sum(1)}
@@ -196,7 +196,7 @@ class LM(Family):
       out['bits_per_char'] = means['nll_sum'] / means['num_chars'] / math.log(2)
     return out
 
-  def eval_params(self, state):
+  def eval_params_of(self, state):
     return state.eval_params
 
   def apply_curriculum(self, batch: dict, value: float) -> dict:
@@ -218,7 +218,7 @@ class LM(Family):
       raise ValueError(f'config.prompt is {len(prompt)} tokens: no room left in '
                        f'model.max_len={self.model_cfg.max_len}; shorten it')
     prompts, mask = gen.pad_prompts([prompt] * num, self.tokenizer.pad_id)
-    params = self.model_params(self.eval_params(state))
+    params = self.model_params(self.eval_params_of(state))
     out = gen.generate(self._bound_apply, params, prompts, mask, key,
                        max_new_tokens=min(s.max_new_tokens, room), temperature=s.temperature,
                        top_k=s.top_k, top_p=s.top_p, greedy=s.greedy,

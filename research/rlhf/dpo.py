@@ -98,6 +98,6 @@ class DPO(LM):
 
   def eval_step(self, state, batch, key):
     del key
-    loss, r_w, r_l = self._pair(self.eval_params(state), state.model_state['ref'], batch)
+    loss, r_w, r_l = self._pair(self.eval_params_of(state), state.model_state['ref'], batch)
     return {'loss': loss, 'accuracy': (r_w > r_l).astype(jnp.float32), 'margin': r_w - r_l,
             'reward_chosen': r_w, 'reward_rejected': r_l}

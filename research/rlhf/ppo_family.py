@@ -180,7 +180,7 @@ class PPO(lm_family.LM):
       frozen['reward'] = parallel.put_replicated(tree, mesh)
     return state.replace(model_state=frozen)
 
-  def eval_params(self, state):
+  def eval_params_of(self, state):
     return heads.split(state.params, heads.VALUE)[0]
 
   # --- rollouts -----------------------------------------------------------------------------
@@ -204,7 +204,7 @@ class PPO(lm_family.LM):
     """Samples responses and scores them: a dict of [B, ...] arrays (per device)."""
     r = self.config.rlhf
     pmask = prompts != tokenizers.PAD
-    lm = self.eval_params(state)
+    lm = self.eval_params_of(state)
     out = gen.generate(self._bound_apply, self.model_params(lm), prompts, pmask, key,
                        max_new_tokens=r.response_len, temperature=r.temperature,
                        eos_id=tokenizers.EOS, pad_id=tokenizers.PAD, cfg=self.model_cfg)

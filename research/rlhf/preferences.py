@@ -175,7 +175,7 @@ def generate_responses(family, state, prompts: Sequence[str], key, *, num_per_pr
   if not rows:
     return []
   batch = min(batch_size, len(rows))
-  params = family.model_params(family.eval_params(state))
+  params = family.model_params(family.eval_params_of(state))
   apply_fn = family._bound_apply  # pylint: disable=protected-access
   texts = []
   for b, start in enumerate(range(0, len(rows), batch)):

@@ -96,7 +96,7 @@ class RewardModel(LM):
 
   def eval_step(self, state, batch, key):
     del key
-    r_w, r_l = self._pair_scores(self.eval_params(state), batch)
+    r_w, r_l = self._pair_scores(self.eval_params_of(state), batch)
     return {'accuracy': (r_w > r_l).astype(jnp.float32),
             'loss': -jax.nn.log_sigmoid(r_w - r_l), 'margin': r_w - r_l,
             'reward_chosen': r_w, 'reward_rejected': r_l}

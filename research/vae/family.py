@@ -175,7 +175,7 @@ class VAE(Family):
       out['interpolations'] = decode_mean(path)
     return out
 
-  def eval_params(self, state: TrainState):
+  def eval_params_of(self, state: TrainState):
     # The parameter tree eval and sampling use (the harness counts parameters on it);
     # eval_step/sample/visualize read `state.eval_params` themselves.
     return state.eval_params
