@@ -22,7 +22,7 @@ import numpy as np
 from research import configs, sample_sets, trainer
 from research.data import corpus
 from research.evaluation import memorization, stats, text_metrics
-from research.rlhf import sentiment
+from research.rlhf import gold
 
 COPY_CHARS = 50       # a sample copying this many training characters verbatim is flagged
 MIN_OVERLAP = 10      # spans shorter than this count as no overlap
@@ -60,9 +60,8 @@ def sample_metrics(texts: list[str], tokens: list[list[int]], train_text: str,
 
 
 def _true_reward(config):
-  if config.get('rlhf') and config.rlhf.get('true_reward') == 'sentiment':
-    return sentiment.scores
-  return None
+  name = config.rlhf.get('true_reward', '') if config.get('rlhf') else ''
+  return gold.TRUE_REWARDS.get(name)
 
 
 def evaluate_text_run(workdir: str, config, num_samples: int = 0, tag: str | None = None,

@@ -4,10 +4,10 @@ frontier plot.
 Every policy is measured the same way, whatever trained it: replies to the first
 `--num_prompts` held-out prompts (the 'test' split of `shakespeare_prompts`: plays never
 trained on) sampled at `--temperature` for `--response_len` tokens from one fixed key; the
-hidden true reward of the decoded replies (research/rlhf/sentiment.py); the KL to the reference
-policy, sum over reply tokens of log pi - log pi_ref under the sampling distributions
-(temperature-scaled, as PPO optimises it), averaged over replies; and, with `--reward`, the
-reward model's score.
+hidden true reward of the decoded replies (--true_reward: research/rlhf/sentiment.py or gold.py);
+the KL to the reference policy, sum over reply tokens of log pi - log pi_ref under the sampling
+distributions (temperature-scaled, as PPO optimises it), averaged over replies; and, with
+`--reward`, the reward model's score.
 
   python -m research.rlhf.evaluate --reference=workdirs/rlhf/sft \
       --runs=workdirs/rlhf/sft,workdirs/rlhf/ppo,workdirs/rlhf/dpo \
@@ -35,7 +35,7 @@ from research.data import tokenizers
 from research.lm import family as lm_family
 from research.lm import generate as gen
 from research.lm import model as model_lib
-from research.rlhf import heads, sentiment
+from research.rlhf import gold, heads
 
 
 def run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -89,8 +89,10 @@ def _rm_score(net, params, prompts, pmask, tokens, mask):
 
 
 def evaluate_policy(net, params, ref_params, tok, prompts, pmask, key, *, response_len: int,
-                    temperature: float, batch_size: int = 128, reward=None) -> dict:
-  """Mean true reward, KL to the reference (nats per reply), reply length, RM score."""
+                    temperature: float, batch_size: int = 128, reward=None,
+                    true_reward: str = 'sentiment') -> dict:
+  """Mean true reward (`true_reward`, a name in gold.TRUE_REWARDS), KL to the reference (nats
+  per reply), reply length, RM score."""
   true, kls, lengths, scores, texts = [], [], [], [], []
   for i in range(0, len(prompts), batch_size):
     pr, pm = prompts[i:i + batch_size], pmask[i:i + batch_size]
@@ -105,7 +107,7 @@ def evaluate_policy(net, params, ref_params, tok, prompts, pmask, key, *, respon
     t, m = np.asarray(tokens), np.asarray(mask)
     texts += [tok.decode(row[r > 0].tolist()) for row, r in zip(t, m)]
     lengths.append(m.sum(1))
-  true = sentiment.scores(texts)
+  true = gold.TRUE_REWARDS[true_reward](texts)
   result = {'true_reward': float(np.mean(true)),
             'true_reward_se': float(np.std(true) / np.sqrt(len(true))),
             'kl': float(np.mean(np.concatenate(kls))),
@@ -118,7 +120,7 @@ def evaluate_policy(net, params, ref_params, tok, prompts, pmask, key, *, respon
 
 def frontier(reference: str, runs: list[str], *, reward: str = '', num_prompts: int = 256,
              response_len: int = 48, temperature: float = 0.7, prompt_len: int = 64,
-             seed: int = 0, out: str = '') -> list[dict]:
+             seed: int = 0, out: str = '', true_reward: str = 'sentiment') -> list[dict]:
   """Evaluates every checkpoint of `runs` against the reference run; returns one dict each and
   writes frontier.jsonl / frontier.png under `out`."""
   ref_cfg = run_config(reference)
@@ -144,7 +146,8 @@ def frontier(reference: str, runs: list[str], *, reward: str = '', num_prompts: 
     for step in checkpoint_steps(run):
       params = load_params(run, step)
       r = evaluate_policy(net, params, ref_params, tok, prompts, pmask, key,
-                          response_len=response_len, temperature=temperature, reward=rm)
+                          response_len=response_len, temperature=temperature, reward=rm,
+                          true_reward=true_reward)
       r.update(run=run, family=cfg.family, step=step)
       print(json.dumps({k: v for k, v in r.items() if k not in ('examples', 'texts')}),
             flush=True)
@@ -186,7 +189,7 @@ def main(argv):
   f = flags.FLAGS
   frontier(f.reference, [r for r in f.runs.split(',') if r], reward=f.reward,
            num_prompts=f.num_prompts, response_len=f.response_len, temperature=f.temperature,
-           prompt_len=f.prompt_len, seed=f.seed, out=f.out)
+           prompt_len=f.prompt_len, seed=f.seed, out=f.out, true_reward=f.true_reward)
 
 
 def _define_flags():
@@ -200,6 +203,8 @@ def _define_flags():
   flags.DEFINE_integer('prompt_len', 64, 'Prompt tokens (left-padded).')
   flags.DEFINE_integer('seed', 0, 'Sampling key.')
   flags.DEFINE_string('out', '', 'Directory for frontier.jsonl and frontier.png.')
+  flags.DEFINE_enum('true_reward', 'sentiment', sorted(gold.TRUE_REWARDS),
+                    'The hidden reward the replies are scored by.')
   flags.mark_flag_as_required('reference')
 
 

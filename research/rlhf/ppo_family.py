@@ -60,7 +60,7 @@ from research.data import datasets, tokenizers
 from research.lm import family as lm_family
 from research.lm import generate as gen
 from research.lm import model as model_lib
-from research.rlhf import heads, ppo, sentiment
+from research.rlhf import gold, heads, ppo
 from research.train_state import TrainState, apply_gradients
 
 REWARDS = ('model', 'token')
@@ -89,7 +89,8 @@ class PPO(lm_family.LM):
     c.rlhf.reward_token = -1       # reward='token': the token id every response slot should hold
     c.rlhf.response_len = 48       # tokens sampled per rollout (EOS may end a reply earlier)
     c.rlhf.temperature = 0.7       # the sampling distribution of rollouts (and of the KL)
-    c.rlhf.true_reward = 'sentiment'  # eval: the hidden score of decoded responses ('' = none)
+    c.rlhf.true_reward = 'sentiment'  # eval: the hidden score of decoded responses: sentiment |
+                                      # gold (research/rlhf/gold.py) | '' = none
     c.rlhf.normalize_score = True  # score -> (score - mean) / std of the first iteration's
                                    # rollouts: the starting policy's scores are N(0, 1) (Ziegler)
     c.ppo = ml_collections.ConfigDict()
@@ -113,6 +114,7 @@ class PPO(lm_family.LM):
     r, p = config.rlhf, config.ppo
     datasets.require_kind(config.data, 'prompts', "PPO's batches are prompts")
     configs.one_of(r.reward, REWARDS, 'rlhf.reward')
+    configs.one_of(r.true_reward, ('', *sorted(gold.TRUE_REWARDS)), 'rlhf.true_reward')
     configs.require(config.model.lora_rank == 0, 'model.lora_rank', config.model.lora_rank,
                     'LoRA is not supported by PPO yet; use 0 (or merge the adapters first)')
     configs.require(r.response_len > 0, 'rlhf.response_len', r.response_len, 'must be > 0')
@@ -300,7 +302,7 @@ class PPO(lm_family.LM):
   def host_metrics(self, outputs: dict) -> dict:
     out = dict(outputs)
     tokens, mask = out.pop('tokens'), out.pop('token_mask')
-    if self.config.rlhf.true_reward == 'sentiment':
+    if self.config.rlhf.true_reward:
       texts = [self.tokenizer.decode(t[m > 0].tolist()) for t, m in zip(tokens, mask)]
-      out['true_reward'] = sentiment.scores(texts)
+      out['true_reward'] = gold.TRUE_REWARDS[self.config.rlhf.true_reward](texts)
     return out

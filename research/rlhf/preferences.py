@@ -1,5 +1,6 @@
 r"""Preferences without people: simulated labelers compare two replies of the policy by the hidden
-true reward (research/rlhf/sentiment.py) with Bradley-Terry noise, and the pairs go to the record
+true reward (--true_reward: the lexicon count of research/rlhf/sentiment.py, or the dense gold
+reward of research/rlhf/gold.py) with Bradley-Terry noise, and the pairs go to the record
 store (research/records.py) with source='synthetic'.
 
   python -m research.rlhf.preferences --policy=workdirs/sft_dialogue --store=prefs.sqlite \
@@ -21,13 +22,14 @@ KV-cache sampler at --temperature (0 = greedy). A reply ends at the first EOS (n
 text) or after --max_new_tokens tokens. Two replies per prompt.
 
 Labels (`label_pairs`): a labeler prefers reply a to reply b with probability
-sigmoid((r_a - r_b) / t), r = sentiment.score, t = --labeler_temperature (`bradley_terry`;
+sigmoid((r_a - r_b) / t), r = the true reward, t = --labeler_temperature (`bradley_terry`;
 t = 0: the higher reward always wins and ties are a coin flip). Each pair is one
 `RecordStore.add_preference` record: chosen/rejected, source='synthetic', labeler_id
 'bradley_terry(t=...)' (stored hashed, like any labeler id), score = the labeler model's
-probability of the choice it made, metadata {'split', 'task': 'sentiment', 'reward_chosen',
-'reward_rejected', 'labeler_temperature', 'policy', 'policy_step', 'sampling_temperature',
-'max_new_tokens', 'seed'}. All of a call's pairs are written in one transaction.
+probability of the choice it made, metadata {'split', 'task': the true reward's name,
+'reward_chosen', 'reward_rejected', 'labeler_temperature', 'policy', 'policy_step',
+'sampling_temperature', 'max_new_tokens', 'seed'}. All of a call's pairs are written in one
+transaction.
 """
 from __future__ import annotations
 
@@ -41,11 +43,11 @@ from research import parallel, records, trainer
 from research.data import dialogue
 from research.evaluation import features
 from research.lm import generate as gen
-from research.rlhf import sentiment
+from research.rlhf import gold
 
 DIALOGUE_DATASET = 'shakespeare_dialogue'
 SPLITS = ('train', 'test')   # 'train' prompts exclude the 'test' ones (module docstring)
-TASK = 'sentiment'
+TASK = 'sentiment'   # the default true reward (gold.TRUE_REWARDS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,13 +79,18 @@ def labeler_id(temperature: float) -> str:
 
 def label_pairs(prompts: Sequence[str], responses_a: Sequence[str],
                 responses_b: Sequence[str], rng: np.random.Generator, temperature: float,
-                split: str, extra_metadata: dict | None = None) -> list[dict]:
+                split: str, extra_metadata: dict | None = None, true_reward: str = TASK
+                ) -> list[dict]:
   """One `RecordStore.add_preference` record (a dict of its keyword arguments) per
-  (prompt, a, b): the Bradley-Terry labeler's choice by the true reward (module docstring)."""
+  (prompt, a, b): the Bradley-Terry labeler's choice by the true reward `true_reward` (a name
+  in gold.TRUE_REWARDS; module docstring)."""
   if not len(prompts) == len(responses_a) == len(responses_b):
     raise ValueError(f'label_pairs: {len(prompts)} prompts, {len(responses_a)} replies a, '
                      f'{len(responses_b)} replies b; need one of each per pair')
-  ra, rb = sentiment.scores(responses_a), sentiment.scores(responses_b)
+  if true_reward not in gold.TRUE_REWARDS:
+    raise ValueError(f'true_reward={true_reward!r}: use one of {sorted(gold.TRUE_REWARDS)}')
+  reward_fn = gold.TRUE_REWARDS[true_reward]
+  ra, rb = reward_fn(responses_a), reward_fn(responses_b)
   p_a = preference_probability(ra, rb, temperature)
   a_wins = bradley_terry(rng, ra, rb, temperature)
   who = labeler_id(temperature)
@@ -96,7 +103,7 @@ def label_pairs(prompts: Sequence[str], responses_a: Sequence[str],
     records.append({
         'prompt': prompt, 'chosen': chosen, 'rejected': rejected, 'source': 'synthetic',
         'labeler_id': who, 'score': float(p),
-        'metadata': {'split': split, 'task': TASK, 'reward_chosen': float(r_c),
+        'metadata': {'split': split, 'task': true_reward, 'reward_chosen': float(r_c),
                      'reward_rejected': float(r_r),
                      'labeler_temperature': float(temperature), **(extra_metadata or {})}})
   return records
@@ -214,7 +221,7 @@ def sample_responses(workdir: str, prompts: Sequence[str], key, num_per_prompt: 
 
 def run(policy: str, store: str, split: str, num_prompts: int, *, temperature: float = 0.7,
         max_new_tokens: int = 48, labeler_temperature: float = 1.0, seed: int = 0,
-        batch_size: int = 64, verbose: bool = True) -> dict:
+        batch_size: int = 64, verbose: bool = True, true_reward: str = TASK) -> dict:
   """The CLI: prompts of `split`, two replies each from `policy`, labels, one transaction into
   the record store at `store`. Returns (and prints) a summary."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -231,7 +238,7 @@ def run(policy: str, store: str, split: str, num_prompts: int, *, temperature: f
            'seed': int(seed)}
   recs = label_pairs(prompts, [r[0] for r in replies], [r[1] for r in replies],
                      np.random.default_rng([seed, split_index]), labeler_temperature, split,
-                     extra)
+                     extra, true_reward)
   with records.RecordStore(store) as s:
     ids = s.add_preferences(recs)
     total = s.count('preferences', source='synthetic')
@@ -269,6 +276,8 @@ def _define_flags():
                      'Bradley-Terry temperature of the simulated labelers (0 = noiseless).')
   flags.DEFINE_integer('seed', 0, 'Prompt order, sampling and labeling seed.')
   flags.DEFINE_integer('batch_size', 64, 'Replies generated per call.')
+  flags.DEFINE_enum('true_reward', TASK, sorted(gold.TRUE_REWARDS),
+                    'The hidden reward the labelers compare replies by.')
   flags.mark_flags_as_required(['policy', 'store', 'num_prompts'])
 
 
@@ -279,7 +288,7 @@ def main(argv):
   f = flags.FLAGS
   run(f.policy, f.store, f.split, f.num_prompts, temperature=f.temperature,
       max_new_tokens=f.max_new_tokens, labeler_temperature=f.labeler_temperature, seed=f.seed,
-      batch_size=f.batch_size)
+      batch_size=f.batch_size, true_reward=f.true_reward)
 
 
 if __name__ == '__main__':

@@ -161,14 +161,14 @@ assert not POSITIVE & NEGATIVE, POSITIVE & NEGATIVE
 _SIGN = {**{w: 1 for w in POSITIVE}, **{w: -1 for w in NEGATIVE}}
 
 
-def _normalize(word: str) -> str:
+def normalize(word: str) -> str:
   return word[:-2] if word.endswith("'s") else word
 
 
 def words(text: str) -> list[tuple[str, int]]:
   """The lexicon entries found in `text`, in order and with repeats, each with its sign (+1
   positive, -1 negative)."""
-  found = (_normalize(w) for w in WORD.findall(text.lower()))
+  found = (normalize(w) for w in WORD.findall(text.lower()))
   return [(w, _SIGN[w]) for w in found if w in _SIGN]
 
 
