@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 
 from research import configs, parallel, trainer
-from research.data import pipeline
-from research.data import tokenizers
+from research.data import pipeline, tokenizers
 from research.records import RecordStore
-from research.rlhf import heads, ppo
+from research.rlhf import gold, heads, ppo
 from tests.helpers import load_config
 
 MODEL = dict(num_layers=2, num_heads=2, d_model=32, dropout=0.0)
@@ -191,6 +190,33 @@ def test_logged_kl_is_the_kl_in_the_rewards(data_dir, sft):
   np.testing.assert_allclose(parallel.to_host(new_state.model_state['kl_coef']), want_beta,
                              rtol=1e-5)
   assert int(parallel.to_host(new_state.step)) == 1
+
+
+@pytest.mark.parametrize('devices', [1, 2])
+def test_ppo_on_the_true_reward_scores_the_decoded_replies(data_dir, sft, devices):
+  """reward='true': the score is the hidden reward (here gold) of each decoded reply, computed on
+  the host inside the jitted, data-parallel rollout; a whole iteration runs on it."""
+  c = bandit_config(data_dir, sft, devices)
+  c.rlhf.update(reward='true', true_reward='gold', reward_token=-1, response_len=8)
+  c.sample.max_new_tokens = 8
+  configs.validate(c, devices)
+  exp = trainer.build(c, parallel.make_mesh(jax.devices()[:devices]))
+  fam = exp.family
+  it = trainer._train_iterator(c)
+  state = trainer.init_state(exp, it)
+  batch = parallel.host_batch_to_global(next(it), exp.mesh)
+  key = jax.random.key(5)
+
+  def rollout(state, batch, key):
+    return fam.rollout(state, batch['tokens'], parallel.device_key(key))
+  ro = parallel.to_host(parallel.data_parallel(rollout, exp.mesh, batch_args=(1,),
+                                               out_batched=True)(state, batch, key))
+  texts = [fam.tokenizer.decode(t[m > 0].tolist()) for t, m in zip(ro['tokens'], ro['mask'])]
+  np.testing.assert_allclose(ro['score'], gold.scores(texts), rtol=1e-6)
+  assert len(set(np.round(ro['score'], 4))) > len(texts) // 2     # dense: few ties
+  _, metrics = exp.train_step(state, batch, key)
+  metrics = parallel.to_host(metrics)
+  assert np.isfinite(metrics['score']) and np.isfinite(metrics['pg_loss'])
 
 
 def test_ppo_with_a_reward_model_runs_and_resumes(data_dir, sft, rm, tmp_path):

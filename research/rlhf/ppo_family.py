@@ -8,8 +8,10 @@ jitted and data-parallel (per device, `lax.pmean` of the gradients):
   2. one teacher-forced pass of the policy (log-probs at the same temperature, values from the
      value head), one of the frozen reference (its log-probs, same temperature), and the reward
      (`rlhf.reward`): 'model' = the reward model of run `rlhf.reward_workdir` on
-     BOS prompt SEP response (EOS left out, as in its training data), or 'token' = the fraction
-     of the `response_len` slots holding token `rlhf.reward_token` (a test reward);
+     BOS prompt SEP response (EOS left out, as in its training data), 'true' = the hidden true
+     reward `rlhf.true_reward` of the decoded response itself (research/rlhf/gold.py; a host
+     callback: the control arm that tells a weak reward model from a PPO problem), or 'token' =
+     the fraction of the `response_len` slots holding token `rlhf.reward_token` (a test reward);
   3. rewards r_t = score [last token] - beta kl_t and GAE advantages (research/rlhf/ppo.py),
      whitened over the global batch; with `rlhf.normalize_score` the score is first shifted and
      scaled so that the starting policy's scores (the first iteration's rollouts, every
@@ -63,7 +65,7 @@ from research.lm import model as model_lib
 from research.rlhf import gold, heads, ppo
 from research.train_state import TrainState, apply_gradients
 
-REWARDS = ('model', 'token')
+REWARDS = ('model', 'true', 'token')
 
 
 class PPO(lm_family.LM):
@@ -84,7 +86,8 @@ class PPO(lm_family.LM):
   def config_defaults(cls) -> ml_collections.ConfigDict:
     c = super().config_defaults()
     c.rlhf = ml_collections.ConfigDict()
-    c.rlhf.reward = 'model'        # model: a reward-model run's score | token: test reward
+    c.rlhf.reward = 'model'        # model: a reward-model run's score | true: rlhf.true_reward
+                                   # itself (the control arm) | token: a test reward
     c.rlhf.reward_workdir = ''     # reward='model': the workdir of a `reward_model` run
     c.rlhf.reward_token = -1       # reward='token': the token id every response slot should hold
     c.rlhf.response_len = 48       # tokens sampled per rollout (EOS may end a reply earlier)
@@ -132,6 +135,9 @@ class PPO(lm_family.LM):
                       'rlhf.reward_workdir', r.reward_workdir,
                       'is not a finished reward_model run (no saved config); train one with '
                       'experiments/rm_shakespeare_sentiment')
+    elif r.reward == 'true':
+      configs.require(bool(r.true_reward), 'rlhf.true_reward', r.true_reward,
+                      "reward='true' trains on the hidden true reward: name it, e.g. 'gold'")
     else:
       configs.require(r.reward_token >= 0, 'rlhf.reward_token', r.reward_token,
                       "reward='token' needs a token id >= 0")
@@ -200,7 +206,16 @@ class PPO(lm_family.LM):
     r = self.config.rlhf
     if r.reward == 'token':
       return jnp.sum((tokens == r.reward_token) * mask, axis=1) / r.response_len
+    if r.reward == 'true':
+      return jax.pure_callback(self._host_true_reward,
+                               jax.ShapeDtypeStruct(tokens.shape[:1], jnp.float32), tokens, mask)
     return heads.reward_score(self.rm_net.apply, reward_params, prompts, pmask, tokens, mask)
+
+  def _host_true_reward(self, tokens, mask) -> np.ndarray:
+    """The hidden true reward of each decoded response (on the host): float32 [B]."""
+    tokens, mask = np.asarray(tokens), np.asarray(mask)
+    texts = [self.tokenizer.decode(t[m > 0].tolist()) for t, m in zip(tokens, mask)]
+    return np.asarray(gold.TRUE_REWARDS[self.config.rlhf.true_reward](texts), np.float32)
 
   def rollout(self, state, prompts, key):
     """Samples responses and scores them: a dict of [B, ...] arrays (per device)."""
