@@ -69,6 +69,8 @@ def common_defaults() -> ml_collections.ConfigDict:
                                   # preference pairs (research/records.py); '' for the others
   c.data.preference_source = 'synthetic'  # shakespeare_preferences: the pairs' source, human |
                                           # synthetic | model | all (never mixed unless 'all')
+  c.data.max_pairs = 0            # shakespeare_preferences: train on the first N train pairs
+                                  # (store id order; 0 = all): proxies by data size
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adam'       # sgd | momentum | adam | adamw | adagrad | rmsprop | lamb

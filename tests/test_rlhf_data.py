@@ -302,6 +302,24 @@ def test_preference_batches_and_info(data_dir, store):
     assert not got[k][n['test']:].any()
 
 
+def test_max_pairs_keeps_the_first_train_pairs(data_dir, store):
+  """data.max_pairs = N: the first N train pairs in store order (reward models by data size);
+  the eval split keeps all of its pairs."""
+  path, _ = store
+  c = _config(data_dir, 'shakespeare_preferences', records=path).data
+  full = datasets.reader(c, 'train')
+  c.max_pairs = 3
+  info = datasets.info(c)
+  part = datasets.reader(c, 'train')
+  assert part.num_examples == info.num_train == 3 < full.num_examples
+  np.testing.assert_array_equal(part.rows(np.arange(3))[0], full.rows(np.arange(3))[0])
+  np.testing.assert_array_equal(part.record_ids, full.record_ids[:3])
+  assert info.num_eval == datasets.reader(c, 'test').num_examples > 0
+  c.max_pairs = -1
+  with pytest.raises(configs.ConfigError, match='data.max_pairs'):
+    datasets.validate(c)
+
+
 def test_a_changed_store_is_read_again(data_dir, tmp_path):
   path = str(tmp_path / 'grow.db')
   with records.RecordStore(path) as s:

@@ -8,8 +8,9 @@ data.records (research/records.py), those of data.preference_source ('human' | '
 'model', or 'all'), in store id order (`preference_pairs`). Splits 'train' and 'test' only: a
 pair's split is its metadata['split'] when that is 'train' or 'test', else 'test' when
 int(sha256(prompt UTF-8).hexdigest(), 16) % 10 == 0 and 'train' otherwise
-(`preference_split`), so pairs on one prompt never straddle the splits. Each side is one
-sequence of L + 1 tokens (`encode_preference`):
+(`preference_split`), so pairs on one prompt never straddle the splits. `data.max_pairs` = N
+keeps the first N pairs of the train split (0 = all): reward models by data size read one store.
+Each side is one sequence of L + 1 tokens (`encode_preference`):
 
   BOS  encode(prompt + '\n\n')  encode(response)  pad ... pad
 
@@ -48,7 +49,7 @@ from research.data import tokenizers
 
 # The preference datasets' config.data fields and their defaults (as in configs.py); every
 # other dataset leaves them so.
-FIELDS = {'records': '', 'preference_source': 'synthetic'}
+FIELDS = {'records': '', 'preference_source': 'synthetic', 'max_pairs': 0}
 SOURCES = ('human', 'synthetic', 'model', 'all')   # records.SOURCES + 'all'
 SPLITS = ('train', 'test')
 
@@ -153,9 +154,10 @@ class PreferenceReader(readers.TokenArrayReader):
 
 @functools.lru_cache(maxsize=8)
 def _cached_preference_reader(tok_key: tuple, path: str, source: str, fingerprint: tuple,
-                              split: str, seq_len: int) -> PreferenceReader:
+                              split: str, seq_len: int, limit: int = 0) -> PreferenceReader:
   tok = corpus.cached_tokenizer(tok_key)
   rows = _split_pairs(path, source, fingerprint, split)
+  rows = rows[:limit] if limit else rows
   n = len(rows)
   chosen, rejected = (np.zeros((n, seq_len + 1), np.int32) for _ in range(2))
   chosen_mask, rejected_mask = (np.zeros((n, seq_len), np.float32) for _ in range(2))
@@ -172,8 +174,9 @@ def _cached_preference_reader(tok_key: tuple, path: str, source: str, fingerprin
 def _reader(data_cfg, split: str) -> PreferenceReader:
   path, source = _records_path(data_cfg), data_cfg.preference_source
   fingerprint = _store_fingerprint(path)
+  limit = int(data_cfg.get('max_pairs', 0)) if split == data_cfg.train_split else 0
   read = _cached_preference_reader(corpus.tokenizer_key(data_cfg), path, source, fingerprint, split,
-                                   int(data_cfg.seq_len))
+                                   int(data_cfg.seq_len), limit)
   if read.num_examples == 0:
     total = len(_store_pairs(path, source, fingerprint))
     raise ValueError(
@@ -209,6 +212,9 @@ class PreferenceSpec(corpus.TextSpec):
             f'{name!r} reads its pairs from a record store: set it to the SQLite file; {fix}')
     require(os.path.isfile(os.path.expanduser(path)), 'data.records', path,
             f'no such file; {fix}')
+    n = data_cfg.get('max_pairs', FIELDS['max_pairs'])
+    require(isinstance(n, int) and not isinstance(n, bool) and n >= 0, 'data.max_pairs', n,
+            'must be an int >= 0 (the first N train pairs; 0 = all)')
 
   def reader(self, data_cfg, split: str, train: bool = False) -> PreferenceReader:
     del train
