@@ -1,5 +1,6 @@
 """The RLHF testbed's dense gold reward (research/rlhf/gold.py) and best-of-n's KL
 (research/rlhf/best_of_n.py)."""
+import itertools
 import json
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import pytest
 
 from research.data import plays as plays_lib
 from research.data.builders import shakespeare
-from research.rlhf import best_of_n, gold, preferences, sentiment
+from research.rlhf import best_of_n, gold, overoptimization, preferences, sentiment
 from tests import helpers
 
 TEXTS = ['Good my lord, I thank you.', 'O villain, villain, smiling, damned villain!',
@@ -82,3 +83,32 @@ def test_best_of_n_selects_the_highest_score():
   np.testing.assert_array_equal(best_of_n.select(scores), [1, 0])
   with pytest.raises(ValueError):
     best_of_n.kl(0)
+
+
+def test_expected_best_is_the_mean_over_random_subsets():
+  """The closed-form estimator against brute force: every n-subset of N = 7 samples."""
+  rng = np.random.default_rng(1)
+  true, proxy = rng.normal(size=(3, 7)), rng.normal(size=(3, 7))
+  for n in (1, 2, 3, 7):
+    got = best_of_n.expected_best(true, proxy, n)
+    subsets = [list(c) for c in itertools.combinations(range(7), n)]
+    want = [np.mean([t[c][np.argmax(p[c])] for c in subsets]) for t, p in zip(true, proxy)]
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+  np.testing.assert_allclose(best_of_n.expected_best(true, proxy, 1), true.mean(1))
+  with pytest.raises(ValueError):
+    best_of_n.expected_best(true, proxy, 8)
+
+
+@pytest.mark.parametrize('form', overoptimization.FORMS)
+def test_gao_fits_recover_planted_coefficients(form):
+  kl = np.linspace(0.1, 30, 25)
+  params = {'alpha': 0.9, 'beta': 0.2}
+  gain = overoptimization.predict(kl, params, form)
+  gain = gain + np.random.default_rng(0).normal(scale=1e-3, size=gain.shape)
+  got = overoptimization.fit(kl, gain, form)
+  assert got['alpha'] == pytest.approx(0.9, abs=1e-2)
+  assert got['beta'] == pytest.approx(0.2, abs=1e-2)
+  k, g = overoptimization.peak(got, form)
+  assert g >= overoptimization.predict(kl, got, form).max() - 1e-6     # the fitted maximum
+  assert overoptimization.peak({'alpha': 1.0, 'beta': -0.1}, form) == (np.inf, np.inf)
+  assert k > 0

@@ -13,7 +13,7 @@ import pytest
 from research import configs, parallel, trainer
 from research.data import pipeline, tokenizers
 from research.records import RecordStore
-from research.rlhf import gold, heads, ppo
+from research.rlhf import best_of_n, gold, heads, ppo
 from tests.helpers import load_config
 
 MODEL = dict(num_layers=2, num_heads=2, d_model=32, dropout=0.0)
@@ -308,3 +308,17 @@ def test_frontier_evaluator(sft, rm, tmp_path):
   assert os.path.getsize(os.path.join(tmp_path, 'frontier.png')) > 1000
   with open(os.path.join(tmp_path, 'frontier.jsonl')) as f:
     assert len(f.readlines()) == 1
+
+
+def test_best_of_n_curve(sft, rm):
+  """research.rlhf.evaluate --best_of: n = 1, 2, 4 of the reference by the proxy; n = 1 is the
+  reference itself (the mean over every sample), the proxy's pick only gets better with n, and
+  the KL is the closed form."""
+  from research.rlhf import evaluate as rl_eval
+  rows = rl_eval.best_of_n_curve(sft, rm[0], n_max=4, num_prompts=3, response_len=4,
+                                 prompt_len=16, true_reward='gold')
+  assert [r['n'] for r in rows] == [1, 2, 4]
+  assert [r['kl'] for r in rows] == [best_of_n.kl(n) for n in (1, 2, 4)] and rows[0]['kl'] == 0
+  proxy = [r['rm_score'] for r in rows]
+  assert proxy[0] <= proxy[1] <= proxy[2] and proxy[0] < proxy[2]
+  assert all(np.isfinite(r['true_reward']) and r['true_reward_se'] >= 0 for r in rows)

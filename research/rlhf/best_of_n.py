@@ -39,3 +39,30 @@ def exact_kl(base_probs, n: int) -> float:
   q = cdf**n - np.concatenate([[0.0], cdf[:-1]])**n
   keep = q > 0
   return float(np.sum(q[keep] * np.log(q[keep] / p[keep])))
+
+
+def expected_best(true_scores, proxy_scores, n: int) -> np.ndarray:
+  """Per prompt, the expected true score of the proxy's best of n replies drawn without
+  replacement from N >= n samples: true [P, N], proxy [P, N] -> [P].
+
+  The unbiased estimator over all N samples (no resampling noise): with the samples sorted by
+  proxy score, the i-th lowest (i = 1..N) is the best of a random n-subset with probability
+  C(i - 1, n - 1) / C(N, n). Proxy ties are broken by sample order."""
+  true_scores, proxy_scores = np.asarray(true_scores, np.float64), np.asarray(proxy_scores)
+  p, big_n = true_scores.shape
+  if not 1 <= n <= big_n:
+    raise ValueError(f'n={n} must be in [1, {big_n}] (the samples per prompt)')
+  order = np.argsort(proxy_scores, axis=1, kind='stable')
+  ranked = np.take_along_axis(true_scores, order, axis=1)
+  i = np.arange(1, big_n + 1)
+  log_w = np.full(big_n, -np.inf)
+  ok = i >= n
+  log_w[ok] = (_log_comb(i[ok] - 1, n - 1) - _log_comb(big_n, n))
+  return ranked @ np.exp(log_w)
+
+
+def _log_comb(a, b):
+  """log C(a, b), elementwise over a (b a scalar or broadcast), for 0 <= b <= a."""
+  a, b = np.broadcast_arrays(np.asarray(a, np.float64), np.asarray(b, np.float64))
+  return np.array([math.lgamma(x + 1) - math.lgamma(y + 1) - math.lgamma(x - y + 1)
+                   for x, y in zip(a.ravel(), b.ravel())]).reshape(a.shape)

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import app, flags
 
 from research import checkpoint as ckpt_lib
 from research.data import corpus
@@ -35,7 +36,7 @@ from research.data import tokenizers
 from research.lm import family as lm_family
 from research.lm import generate as gen
 from research.lm import model as model_lib
-from research.rlhf import gold, heads
+from research.rlhf import best_of_n, gold, heads
 
 
 def run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -68,6 +69,8 @@ def prompt_batch(data_cfg, num: int, seq_len: int):
   cfg = ml_collections.ConfigDict(data_cfg.to_dict())
   cfg.name, cfg.seq_len = 'shakespeare_prompts', seq_len
   cfg.records, cfg.preference_source = '', 'synthetic'
+  if 'max_pairs' in cfg:
+    cfg.max_pairs = 0
   rows = datasets.reader(cfg, 'test').rows(np.arange(num))[0]
   tokens = jnp.asarray(rows)
   return tokens, tokens != tokenizers.PAD
@@ -86,6 +89,52 @@ def _kl_and_logp(net, params, ref_params, prompts, pmask, tokens, mask, temperat
 @functools.partial(jax.jit, static_argnums=(0,))
 def _rm_score(net, params, prompts, pmask, tokens, mask):
   return heads.reward_score(net.apply, params, prompts, pmask, tokens, mask)
+
+
+def _network(run: str, tok, max_len: int, heads_too: bool = False):
+  """(the Transformer of `run`'s config, dropout off and room for `max_len` tokens, its latest
+  parameters)."""
+  model_cfg = lm_family.model_config(run_config(run), tok.vocab_size)
+  model_cfg = dataclasses.replace(model_cfg, dropout=0.0, attn_dropout=0.0,
+                                  max_len=max(model_cfg.max_len, max_len))
+  return model_lib.Transformer(model_cfg), load_params(run, heads_too=heads_too)
+
+
+def best_of_n_curve(reference: str, reward: str, *, n_max: int = 64, num_prompts: int = 128,
+                    response_len: int = 48, temperature: float = 0.7, prompt_len: int = 64,
+                    seed: int = 0, true_reward: str = 'gold', batch_size: int = 128
+                    ) -> list[dict]:
+  """Best-of-n of the reference policy by the proxy reward model `reward`, for n = 1, 2, 4, ...
+  <= n_max: n_max replies per held-out prompt, each scored by the proxy and the true reward;
+  per n the expected true and proxy score of the proxy's pick (`best_of_n.expected_best`, mean
+  and s.e. over prompts) at KL = log n - (n - 1)/n."""
+  ref_cfg = run_config(reference)
+  tok = corpus.tokenizer(ref_cfg.data)
+  net, params = _network(reference, tok, prompt_len + response_len)
+  rm = _network(reward, tok, prompt_len + response_len, heads_too=True)
+  prompts, pmask = prompt_batch(ref_cfg.data, num_prompts, prompt_len)
+  prompts, pmask = jnp.repeat(prompts, n_max, axis=0), jnp.repeat(pmask, n_max, axis=0)
+  key = jax.random.key(seed)
+  proxy, texts = [], []
+  for i in range(0, len(prompts), batch_size):
+    pr, pm = prompts[i:i + batch_size], pmask[i:i + batch_size]
+    out = gen.generate(net.apply, {'params': params}, pr, pm, jax.random.fold_in(key, i),
+                       max_new_tokens=response_len, temperature=temperature,
+                       eos_id=tokenizers.EOS, pad_id=tokenizers.PAD, cfg=net.cfg)
+    proxy.append(np.asarray(_rm_score(rm[0], rm[1], pr, pm, out['tokens'], out['mask'])))
+    t, m = np.asarray(out['tokens']), np.asarray(out['mask'])
+    texts += [tok.decode(row[r > 0].tolist()) for row, r in zip(t, m)]
+  proxy = np.concatenate(proxy).reshape(num_prompts, n_max)
+  true = np.asarray(gold.TRUE_REWARDS[true_reward](texts), np.float64).reshape(num_prompts, n_max)
+  rows, n = [], 1
+  while n <= n_max:
+    g, p = best_of_n.expected_best(true, proxy, n), best_of_n.expected_best(proxy, proxy, n)
+    rows.append({'n': n, 'kl': best_of_n.kl(n), 'true_reward': float(g.mean()),
+                 'true_reward_se': float(g.std() / np.sqrt(len(g))),
+                 'rm_score': float(p.mean()), 'family': 'best_of_n', 'run': reward,
+                 'reference': reference, 'samples_per_prompt': n_max})
+    n *= 2
+  return rows
 
 
 def evaluate_policy(net, params, ref_params, tok, prompts, pmask, key, *, response_len: int,
@@ -128,21 +177,11 @@ def frontier(reference: str, runs: list[str], *, reward: str = '', num_prompts: 
   ref_params = load_params(reference)
   prompts, pmask = prompt_batch(ref_cfg.data, num_prompts, prompt_len)
   key = jax.random.key(seed)
-  rm = None
-  if reward:
-    rm_cfg = run_config(reward)
-    rm_model = lm_family.model_config(rm_cfg, tok.vocab_size)
-    rm_model = dataclasses.replace(rm_model, dropout=0.0, attn_dropout=0.0,
-                                   max_len=max(rm_model.max_len, prompt_len + response_len))
-    rm = (model_lib.Transformer(rm_model),
-          load_params(reward, heads_too=True))
+  rm = _network(reward, tok, prompt_len + response_len, heads_too=True) if reward else None
   rows = []
   for run in runs:
     cfg = run_config(run)
-    model_cfg = lm_family.model_config(cfg, tok.vocab_size)
-    model_cfg = dataclasses.replace(model_cfg, dropout=0.0, attn_dropout=0.0,
-                                    max_len=max(model_cfg.max_len, prompt_len + response_len))
-    net = model_lib.Transformer(model_cfg)
+    net = _network(run, tok, prompt_len + response_len)[0]
     for step in checkpoint_steps(run):
       params = load_params(run, step)
       r = evaluate_policy(net, params, ref_params, tok, prompts, pmask, key,
@@ -185,15 +224,24 @@ def plot(rows: list[dict], path: str) -> None:
 
 def main(argv):
   del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   frontier(f.reference, [r for r in f.runs.split(',') if r], reward=f.reward,
            num_prompts=f.num_prompts, response_len=f.response_len, temperature=f.temperature,
            prompt_len=f.prompt_len, seed=f.seed, out=f.out, true_reward=f.true_reward)
+  if f.best_of:
+    if not f.reward:
+      raise app.UsageError('--best_of needs --reward (the proxy that picks the best reply)')
+    rows = best_of_n_curve(f.reference, f.reward, n_max=f.best_of, num_prompts=f.num_prompts,
+                           response_len=f.response_len, temperature=f.temperature,
+                           prompt_len=f.prompt_len, seed=f.seed, true_reward=f.true_reward)
+    for r in rows:
+      print(json.dumps(r), flush=True)
+    if f.out:
+      with open(os.path.join(f.out, 'best_of_n.jsonl'), 'w') as fh:
+        fh.writelines(json.dumps(r) + '\n' for r in rows)
 
 
 def _define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string('reference', None, 'The reference policy run (the SFT run).')
   flags.DEFINE_string('runs', '', 'Comma-separated policy runs; every checkpoint is evaluated.')
   flags.DEFINE_string('reward', '', 'Optional reward_model run: also report its score.')
@@ -205,10 +253,11 @@ def _define_flags():
   flags.DEFINE_string('out', '', 'Directory for frontier.jsonl and frontier.png.')
   flags.DEFINE_enum('true_reward', 'sentiment', sorted(gold.TRUE_REWARDS),
                     'The hidden reward the replies are scored by.')
+  flags.DEFINE_integer('best_of', 0, 'Also best-of-n of the reference by --reward, n = 1, 2, 4, '
+                       '... up to this (0 = off); writes best_of_n.jsonl under --out.')
   flags.mark_flag_as_required('reference')
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
   app.run(main)
