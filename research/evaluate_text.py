@@ -26,6 +26,7 @@ from research.rlhf import gold
 
 COPY_CHARS = 50       # a sample copying this many training characters verbatim is flagged
 MIN_OVERLAP = 10      # spans shorter than this count as no overlap
+NUM_PASSAGES = 256    # held-out passages the samples' embedding similarity is measured against
 
 
 def heldout(config, workdir: str, num_draws: int) -> dict:
@@ -59,6 +60,22 @@ def sample_metrics(texts: list[str], tokens: list[list[int]], train_text: str,
   return out
 
 
+def heldout_passages(config, length: int, num: int = 2 * NUM_PASSAGES) -> list[str]:
+  """`num` passages of `length` characters spread evenly over the held-out documents
+  (config.data.eval_split of the run's corpus)."""
+  text = '\n'.join(t for _, t in corpus.documents(config.data, config.data.eval_split))
+  starts = np.linspace(0, max(len(text) - length, 0), num).astype(int)
+  return [text[s:s + length] for s in starts]
+
+
+def similarity_metrics(samples: list[str], passages: list[str], embed_fn) -> dict:
+  """One draw: the mean 1-5 similarity of each sample to its nearest held-out passage (the
+  first half of `passages`)."""
+  refs = passages[:len(passages) // 2]
+  return {'embedding_similarity': float(np.mean(
+      text_metrics.nearest_similarity(refs, samples, embed_fn)))}
+
+
 def _true_reward(config):
   name = config.rlhf.get('true_reward', '') if config.get('rlhf') else ''
   return gold.TRUE_REWARDS.get(name)
@@ -74,16 +91,29 @@ def evaluate_text_run(workdir: str, config, num_samples: int = 0, tag: str | Non
   family = configs.family_class(config.family)(sample_sets.with_settings(config, made_by))
   train = corpus.train_text(config.data)
   grams, true_reward = memorization.text_kgrams(train, MIN_OVERLAP), _true_reward(config)
+  texts = [family.sample_text(d) for d in draws]
+  notes, embed_fn, passages, real = {}, None, [], {}
+  try:   # similarity to held-out text needs the optional sentence encoder (the .[embed] extra)
+    embed_fn = text_metrics.default_embed_fn()
+  except ImportError as e:
+    notes['embedding_similarity'] = f'skipped: {e}'
+  if embed_fn is not None:
+    length = max(1, int(np.mean([len(t) for ts in texts for t in ts])))
+    passages = heldout_passages(config, length)
+    # The yardstick: held-out passages (the second half) against the same references.
+    real = similarity_metrics(passages[len(passages) // 2:], passages, embed_fn)
   per_draw, examples = [], []
-  for d in draws:
-    texts = family.sample_text(d)
+  for d, ts in zip(draws, texts):
     tokens = [t[m > 0].tolist() for t, m in zip(np.asarray(d['tokens']), np.asarray(d['mask']))]
-    per_draw.append(sample_metrics(texts, tokens, train, true_reward, grams))
-    examples = examples or texts[:3]
+    per_draw.append(sample_metrics(ts, tokens, train, true_reward, grams))
+    if embed_fn is not None:
+      per_draw[-1].update(similarity_metrics(ts, passages, embed_fn))
+    examples = examples or ts[:3]
   result = {'step': step, 'samples': made_by, 'num_samples': len(draws[0]['tokens']),
             'num_draws': len(draws), 'heldout': held, 'metrics': stats.over_draws(per_draw),
             'draws': per_draw, 'examples': examples, 'feature_space': 'text',
-            'notes': {}, 'wall_time_s': time.perf_counter() - start}
+            'reference': {f'heldout_{k}': v for k, v in real.items()},
+            'notes': notes, 'wall_time_s': time.perf_counter() - start}
   if jax.process_index() == 0:
     with open(sample_sets.eval_path(workdir, made_by['tag']), 'w') as f:
       json.dump(result, f, indent=2, sort_keys=True)
@@ -101,4 +131,8 @@ def format_table(result: dict) -> str:
       lines.append(f"  {k:28s} {stats.format_mean_se(v, group.get(f'{k}_se', float('nan')), 5)}")
     if group is result['heldout']:
       lines += ['samples:']
+  for k, v in result.get('reference', {}).items():
+    lines.append(f'  {k:28s} {v:.5g}   (real held-out text: the yardstick)')
+  for k, v in result.get('notes', {}).items():
+    lines.append(f'note: {k}: {v}')
   return '\n'.join(lines)

@@ -202,3 +202,34 @@ def test_evaluate_a_text_run_reports_text_metrics(data_dir, tmp_path):
                          '--draws=3'], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'repetition_4' in proc.stdout and 'eval_t0.8.json' in proc.stdout
+  # Without the .[embed] extra the similarity is skipped with a note naming the install.
+  if 'embedding_similarity' in result['notes']:
+    assert 'pip install' in result['notes']['embedding_similarity']
+
+
+def _letter_embedding(texts):
+  """A stand-in sentence encoder (letter counts), so the similarity path runs without torch."""
+  return np.array([[t.lower().count(c) for c in 'abcdefghijklmnopqrstuvwxyz'] for t in texts],
+                  np.float64)
+
+
+def test_text_samples_are_compared_with_held_out_passages(data_dir, tmp_path, monkeypatch):
+  """With a sentence encoder: each draw's mean similarity (1-5) of a sample to its nearest
+  held-out passage, and the same for real held-out passages as the yardstick."""
+  from research import evaluate, evaluate_text
+  from research.evaluation import text_metrics
+  monkeypatch.setattr(text_metrics, '_DEFAULT_EMBED_FN', _letter_embedding)
+  c = tiny(data_dir)
+  c.eval.num_samples = 4
+  work = str(tmp_path / 'run')
+  trainer.train(c, work)
+  result = evaluate.evaluate_run(work, num_draws=2)
+  m, real = result['metrics'], result['reference']['heldout_embedding_similarity']
+  assert 1 <= m['embedding_similarity'] <= 5 and np.isfinite(m['embedding_similarity_se'])
+  assert 4 < real <= 5                    # real passages are close to some other real passage
+  assert 'embedding_similarity' not in result['notes']
+  assert 'heldout_embedding_similarity' in evaluate.format_table(result)
+  passages = evaluate_text.heldout_passages(c, 30, num=6)
+  assert len(passages) == 6 and all(len(p) == 30 for p in passages)
+  one = text_metrics.nearest_similarity([passages[0], 'zzzz'], [passages[0]], _letter_embedding)
+  np.testing.assert_allclose(one, [5.0])

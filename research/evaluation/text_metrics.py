@@ -171,3 +171,27 @@ def embedding_similarity(reference: Sequence[str], generated: Sequence[str],
   with np.errstate(divide='ignore', invalid='ignore'):
     cos = np.where(denom > 0, np.einsum('ij,ij->i', a, b) / np.where(denom > 0, denom, 1.0), 0.0)
   return cosine_to_score(cos)
+
+
+def default_embed_fn() -> Callable[[list], np.ndarray]:
+  """The packaged MiniLM encoder, loaded once per process (ImportError naming the install when
+  the `.[embed]` extra is missing)."""
+  global _DEFAULT_EMBED_FN
+  if _DEFAULT_EMBED_FN is None:
+    _DEFAULT_EMBED_FN = _load_minilm()
+  return _DEFAULT_EMBED_FN
+
+
+def nearest_similarity(references: Sequence[str], generated: Sequence[str],
+                       embed_fn: Optional[Callable[[list], np.ndarray]] = None) -> np.ndarray:
+  """Per generated text, the 1-5 similarity score of its nearest reference (float64 [N]): how
+  close each sample comes to some real passage, as precision does in an image feature space."""
+  references, generated = list(references), list(generated)
+  if not references or not generated:
+    raise ValueError('nearest_similarity needs at least one reference and one generated text')
+  embed_fn = embed_fn or default_embed_fn()
+  a = np.asarray(embed_fn(references), np.float64).reshape(len(references), -1)
+  b = np.asarray(embed_fn(generated), np.float64).reshape(len(generated), -1)
+  a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+  b /= np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+  return cosine_to_score((b @ a.T).max(axis=1))
