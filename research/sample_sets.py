@@ -84,6 +84,19 @@ def _out(arrays: dict, key, num: int | None = None):
   return arrays[key] if isinstance(key, str) else arrays
 
 
+def sample_chunks(sample, state, base_key, num: int, chunk: int, names, family: str = '',
+                  first: int = 0) -> dict:
+  """`num` samples from calls `sample(state, fold_in(base_key, first + i))` of `chunk` samples
+  each: {name: array [num, ...]} for each of the family's outputs in `names`."""
+  out = []
+  for i in range(-(-num // chunk)):
+    s = parallel.to_host(sample(state, jax.random.fold_in(base_key, first + i)))
+    if missing := [k for k in names if k not in s]:
+      raise ValueError(f'the {family!r} family draws no {missing[0]}')
+    out.append({k: np.asarray(s[k])[:chunk] for k in names})
+  return {k: np.concatenate([o[k] for o in out])[:num] for k in names}
+
+
 def draw_samples(config, workdir: str, num: int, key='images', draws=(0,), step: int = -1):
   """Independent sets of `num` samples from the run's checkpoint at `step` (-1 = latest) with
   `config`'s sample settings, `_CHUNK` at a time, one per index in `draws` (draw 0 uses the
@@ -99,13 +112,8 @@ def draw_samples(config, workdir: str, num: int, key='images', draws=(0,), step:
   sets = []
   for d in draws:
     base = jax.random.fold_in(sample_key, d) if d else sample_key
-    out = []
-    for i in range(-(-num // config.eval.num_samples)):
-      s = parallel.to_host(exp.sample(state, jax.random.fold_in(base, i)))
-      if missing := [k for k in _keys(key) if k not in s]:
-        raise ValueError(f'the {config.family!r} family draws no {missing[0]}')
-      out.append({k: np.asarray(s[k])[:config.eval.num_samples] for k in _keys(key)})
-    arrays = {k: np.concatenate([o[k] for o in out])[:num] for k in _keys(key)}
+    arrays = sample_chunks(exp.sample, state, base, num, config.eval.num_samples, _keys(key),
+                           config.family)
     sets.append(_out(arrays, key))
     if jax.process_index() == 0:
       path = os.path.join(workdir, 'samples',

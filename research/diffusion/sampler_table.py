@@ -33,7 +33,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from research import configs, evaluate, metric_writers, parallel, trainer
+from research import configs, evaluate, metric_writers, sample_sets, trainer
 from research.data import datasets, readers
 from research.diffusion import samplers
 from research.evaluation import sample_quality as sq
@@ -96,11 +96,9 @@ def draw(config, state, mesh, spec: dict, num: int, chunk: int, key, clip_denois
   sets, seconds = [], 0.0
   for d in range(draws):
     base = jax.random.fold_in(key, 1_000_003 * d) if d else key
-    start, out = time.perf_counter(), []
-    for i in range(-(-num // cfg.eval.num_samples)):
-      s = parallel.to_host(sample(state, jax.random.fold_in(base, i + 1)))
-      out.append(np.asarray(s[name])[:cfg.eval.num_samples])
-    sets.append(np.concatenate(out)[:num])
+    start = time.perf_counter()
+    sets.append(sample_sets.sample_chunks(sample, state, base, num, cfg.eval.num_samples,
+                                          (name,), cfg.family, first=1)[name])
     seconds = seconds or time.perf_counter() - start
   return sets, seconds, exp.family.grid()
 
