@@ -57,6 +57,10 @@ def _define_flags():
   flags.DEFINE_list('samples', ['all'], 'Sample sets to score, by tag (the file-name part after '
                     'the step, e.g. ddim50-discrete): all = every set at the latest step, each '
                     'scored on its own.')
+  flags.DEFINE_list('average', [], 'eval.json files of runs that differ only in their seed: '
+                    'print each metric as mean ± s.e. over them (each run its mean over draws) '
+                    'instead of evaluating; with --out, also write the table as JSON.')
+  flags.DEFINE_string('out', '', 'With --average: the JSON file to write.')
 
 
 DEFAULT_DRAWS = 5  # independent sample sets per metric: mean ± standard error
@@ -275,9 +279,44 @@ def format_table(result: dict) -> str:
   return '\n'.join(lines)
 
 
+def average(paths: list[str]) -> dict:
+  """Mean ± s.e. over runs (seeds) of each metric of their eval.json files, each run's value
+  its mean over draws: {'metrics': {name, name_se}, 'n', 'per_run': {name: [values]}, 'files'}."""
+  runs = []
+  for p in paths:
+    with open(p) as f:
+      runs.append(json.load(f)['metrics'])
+  names = [k for k in runs[0] if not k.endswith('_se') and k != 'num_draws'
+           and all(isinstance(r.get(k), (int, float)) for r in runs)]
+  per_run = {k: [float(r[k]) for r in runs] for k in names}
+  return {'metrics': stats.over_draws([{k: v[i] for k, v in per_run.items()}
+                                       for i in range(len(runs))]),
+          'n': len(runs), 'per_run': per_run, 'files': list(paths)}
+
+
+def format_average(result: dict) -> str:
+  lines = [f"mean ± s.e. over {result['n']} runs (each run: its mean over draws)"]
+  m = result['metrics']
+  for k, values in result['per_run'].items():
+    lines.append(f"{k:32s} {stats.format_mean_se(m[k], m[f'{k}_se'], 5):>22s}   "
+                 + ', '.join(f'{v:.5g}' for v in values))
+  return '\n'.join(lines)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if FLAGS.average:
+    try:
+      result = average(FLAGS.average)
+    except (OSError, ValueError, KeyError) as e:
+      print(f'error: --average: {e}', file=sys.stderr)
+      sys.exit(2)
+    print(format_average(result))
+    if FLAGS.out:
+      with open(FLAGS.out, 'w') as f:
+        json.dump(result, f, indent=1, sort_keys=True)
+    return
   if FLAGS.workdir is None:
     raise app.UsageError('--workdir is required')
   metric_writers.console_logging()

@@ -12,7 +12,7 @@ import pytest
 
 import helpers
 from research import configs, evaluate, trainer
-from research.evaluation import features
+from research.evaluation import features, stats
 
 
 @pytest.fixture(scope='module')
@@ -124,3 +124,28 @@ def test_evaluate_skips_metrics_with_too_few_samples(cache, vae_run):
   assert 'precision' not in few['metrics'] and 'precision_recall' in few['notes']
   assert np.isfinite(few['metrics']['frechet_distance'])
   assert 'density_coverage' in evaluate.format_table(few)
+
+
+def test_evaluate_average_over_seeds(tmp_path):
+  """`research.evaluate --average=A,B,C`: each metric's mean ± s.e. over the runs' eval.json
+  (each run its mean over draws), from the command line, with the table in JSON too."""
+  values = [10.0, 12.0, 17.0]
+  paths = []
+  for i, v in enumerate(values):
+    p = tmp_path / f'seed_{i}.json'
+    p.write_text(json.dumps({'metrics': {'frechet_distance': v, 'frechet_distance_se': 0.5,
+                                         'precision': 0.5, 'num_draws': 5, 'note': 'x'}}))
+    paths.append(str(p))
+  got = evaluate.average(paths)
+  mean, se, n = stats.mean_se(values)
+  assert got['n'] == n == 3 and got['per_run']['frechet_distance'] == values
+  assert got['metrics']['frechet_distance'] == pytest.approx(mean)
+  assert got['metrics']['frechet_distance_se'] == pytest.approx(se)
+  assert 'note' not in got['per_run'] and 'num_draws' not in got['per_run']
+  out = tmp_path / 'avg.json'
+  proc = subprocess.run([sys.executable, '-m', 'research.evaluate', f'--average={",".join(paths)}',
+                         f'--out={out}'], cwd=helpers.ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'frechet_distance' in proc.stdout and ' ± ' in proc.stdout
+  assert json.loads(out.read_text())['metrics']['frechet_distance'] == pytest.approx(mean)
