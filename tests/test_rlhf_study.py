@@ -50,7 +50,8 @@ def test_tiny_study_runs_and_resumes(tmp_path):
                          capture_output=True, text=True, timeout=1800)
   assert first.returncode == 0, first.stderr[-3000:]
   rep = json.loads((tmp_path / 'r1' / 'study.json').read_text())
-  assert set(rep) == {'bon_rm4', 'bon_rm8', 'ppo_rm4', 'ppo_rm8', 'ppo_gold', 'dpo'}
+  assert set(rep) == {'bon_rm4', 'bon_rm8', 'bon_rm4_small', 'bon_rm8_small', 'ppo_rm4',
+                      'ppo_rm8', 'ppo_gold', 'dpo'}
   for arm, r in rep.items():
     assert r['points'], arm
   np.testing.assert_allclose([p['kl'] for p in rep['bon_rm8']['points']],

@@ -9,8 +9,10 @@ checkpoints through research.launch):
                    policy), as in docs/rlhf.md;
   2. pairs         reply pairs of the reference on train / test prompts, labelled by Bradley-Terry
                    labelers on the dense gold reward (research/rlhf/gold.py);
-  3. rm            proxy reward models on the first N train pairs, N in --sizes, per seed;
-  4. ppo, dpo      PPO against each proxy, PPO against the gold reward itself (the control
+  3. rm            proxy reward models on the first N train pairs, N in --sizes, per seed, of
+                   two model sizes (--rm_models): 'base' starts from the SFT policy, 'small'
+                   from a smaller LM pretrained on the same text (lm_small);
+  4. ppo, dpo      PPO against each base-size proxy, PPO against the gold reward itself (the control
                    arm), and DPO on the largest pair set, per seed; checkpoints every
                    --eval_every iterations;
   5. eval          every checkpoint's gold score, its proxy's score and KL to the reference on
@@ -55,19 +57,22 @@ class Scale:
   best_of: int           # best-of-n up to this n
   response_len: int
   model: tuple           # config overrides shared by every run (one architecture)
+  small_model: tuple     # the small proxies' architecture (over `model`)
 
 
 SCALES = {
     'cpu': Scale(lm_steps=1200, sft_steps=300, rm_steps=1000, ppo_steps=200, dpo_steps=400,
                  eval_every=25, test_pairs=500, eval_prompts=256, best_of=64, response_len=48,
-                 model=()),
+                 model=(), small_model=('--config.model.num_layers=2', '--config.model.d_model=64',
+                                        '--config.model.num_heads=2')),
     'tiny': Scale(lm_steps=4, sft_steps=4, rm_steps=4, ppo_steps=2, dpo_steps=2, eval_every=1,
                   test_pairs=8, eval_prompts=4, best_of=4, response_len=4,
                   model=('--config.model.num_layers=1', '--config.model.d_model=32',
                          '--config.model.num_heads=2', '--config.train.batch_size=8',
                          '--config.eval.batch_size=8', '--config.data.num_eval_examples=8',
                          '--config.eval.num_samples=0', '--config.train.log_every=1',
-                         '--config.optimizer.schedule.warmup_steps=1')),
+                         '--config.optimizer.schedule.warmup_steps=1'),
+                  small_model=('--config.model.d_model=16',)),
 }
 
 
@@ -119,7 +124,8 @@ def _rows(path: str, compute) -> list[dict]:
 
 
 def run(workdir: str, results: str, seeds: Sequence[int], sizes: Sequence[int],
-        scale_name: str = 'cpu', parallel: int = 1) -> dict:
+        scale_name: str = 'cpu', parallel: int = 1,
+        rm_models: Sequence[str] = ('base', 'small')) -> dict:
   """Every stage of the module docstring; returns the report."""
   scale, w = SCALES[scale_name], os.path.abspath(workdir)
   os.makedirs(w, exist_ok=True)
@@ -128,17 +134,26 @@ def run(workdir: str, results: str, seeds: Sequence[int], sizes: Sequence[int],
   _train([_job('sft', sft, 'sft_shakespeare_dialogue', scale.sft_steps, scale,
                f'--config.init_from.workdir={lm}')], parallel)
   store = _pairs(w, sizes, scale, seeds[0])
-  rms = {(n, s): os.path.join(w, 'rm', f'n{n}', f'seed_{s}') for n in sizes for s in seeds}
-  _train([_job(('rm', n, s), d, 'rm_shakespeare_sentiment', scale.rm_steps, scale,
-               f'--config.seed={s}', f'--config.data.records={store}',
-               f'--config.data.max_pairs={n}', f'--config.init_from.workdir={sft}')
-          for (n, s), d in rms.items()], parallel)
+  starts = {'base': (sft, ())}
+  if 'small' in rm_models:
+    lm_small = os.path.join(w, 'lm_small')
+    _train([_job('lm_small', lm_small, 'lm_shakespeare_char', scale.lm_steps, scale,
+                 *scale.small_model)], parallel)
+    starts['small'] = (lm_small, scale.small_model)
+  rms = {(n, m, s): os.path.join(w, 'rm', f'n{n}' + ('' if m == 'base' else f'_{m}'), f'seed_{s}')
+         for n in sizes for m in rm_models for s in seeds}
+  _train([_job(('rm', n, m, s), d, 'rm_shakespeare_sentiment', scale.rm_steps, scale,
+               *starts[m][1], f'--config.seed={s}', f'--config.data.records={store}',
+               f'--config.data.max_pairs={n}', f'--config.init_from.workdir={starts[m][0]}')
+          for (n, m, s), d in rms.items()], parallel)
   arms = {}   # (arm, seed) -> (workdir, the proxy whose score is reported)
   for s in seeds:
+    top = rms[(max(sizes), rm_models[0], s)]   # the proxy whose score the other arms report
     for n in sizes:
-      arms[(f'ppo_rm{n}', s)] = (os.path.join(w, 'ppo', f'rm{n}', f'seed_{s}'), rms[(n, s)])
-    arms[('ppo_gold', s)] = (os.path.join(w, 'ppo', 'gold', f'seed_{s}'), rms[(max(sizes), s)])
-    arms[('dpo', s)] = (os.path.join(w, 'dpo', f'seed_{s}'), rms[(max(sizes), s)])
+      arms[(f'ppo_rm{n}', s)] = (os.path.join(w, 'ppo', f'rm{n}', f'seed_{s}'),
+                                 rms[(n, rm_models[0], s)])
+    arms[('ppo_gold', s)] = (os.path.join(w, 'ppo', 'gold', f'seed_{s}'), top)
+    arms[('dpo', s)] = (os.path.join(w, 'dpo', f'seed_{s}'), top)
   common = (f'--config.init_from.workdir={sft}', '--config.rlhf.true_reward=gold',
             f'--config.rlhf.response_len={scale.response_len}')
   jobs = []
@@ -168,12 +183,12 @@ def run(workdir: str, results: str, seeds: Sequence[int], sizes: Sequence[int],
     rows = _rows(os.path.join(ev, f'{arm}_seed{s}.jsonl'),
                  lambda d=d, proxy=proxy: rl_eval.frontier(sft, [d], reward=proxy, **opts))
     curves.setdefault(arm, []).append([{**r, 'base': base} for r in rows])
-  for n in sizes:
-    for s in seeds:
-      rows = _rows(os.path.join(ev, f'bon_rm{n}_seed{s}.jsonl'),
-                   lambda n=n, s=s: rl_eval.best_of_n_curve(sft, rms[(n, s)],
-                                                            n_max=scale.best_of, seed=s, **opts))
-      curves.setdefault(f'bon_rm{n}', []).append(rows)
+  for (n, m, s), d in rms.items():
+    name = f'bon_rm{n}' + ('' if m == 'base' else f'_{m}')
+    rows = _rows(os.path.join(ev, f'{name}_seed{s}.jsonl'),
+                 lambda d=d, s=s: rl_eval.best_of_n_curve(sft, d, n_max=scale.best_of, seed=s,
+                                                          **opts))
+    curves.setdefault(name, []).append(rows)
   return report(curves, results)
 
 
@@ -261,6 +276,8 @@ def _define_flags():
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of the reward models and policies.')
   flags.DEFINE_list('sizes', ['1000', '4000', '16000'], 'Train pairs of each proxy.')
   flags.DEFINE_enum('scale', 'cpu', sorted(SCALES), 'Budgets and shapes (tiny: a smoke run).')
+  flags.DEFINE_list('rm_models', ['base', 'small'], "Proxy model sizes: base (from the SFT "
+                    "policy), small (from a smaller pretrained LM); PPO uses the first.")
   flags.DEFINE_integer('parallel', 1, 'Training runs at a time.', lower_bound=1)
 
 
@@ -272,7 +289,9 @@ def main(argv):
   except ValueError:
     configs.fail('flag error: --seeds / --sizes must be comma-separated integers')
   try:
-    rep = run(f.workdir, f.results, seeds, sizes, f.scale, f.parallel)
+    if not f.rm_models or set(f.rm_models) - {'base', 'small'}:
+      configs.fail(f'flag error: --rm_models={",".join(f.rm_models)}: use base and/or small')
+    rep = run(f.workdir, f.results, seeds, sizes, f.scale, f.parallel, f.rm_models)
   except RuntimeError as e:   # a run failed or was stopped: its line says which; rerun resumes
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
