@@ -22,7 +22,9 @@ checkpoints through research.launch):
                    and a Markdown table under --results.
 
 `--scale=tiny` shrinks every model and budget to a minutes-long smoke run (the tests use it);
-`--scale=cpu` is the documented study.
+`--scale=cpu` is the documented study (about 10 core-hours with the default sizes and seeds,
+estimated from its runs' measured times); `--scale=short` halves the training budgets for a
+session-long run with --sizes=1000,4000.
 """
 from __future__ import annotations
 
@@ -65,6 +67,12 @@ SCALES = {
                  eval_every=25, test_pairs=500, eval_prompts=256, best_of=64, response_len=48,
                  model=(), small_model=('--config.model.num_layers=2', '--config.model.d_model=64',
                                         '--config.model.num_heads=2')),
+    # About 3.5 core-hours (with --sizes=1000,4000 and 3 seeds): a session's afternoon on 2 cores.
+    'short': Scale(lm_steps=1200, sft_steps=300, rm_steps=500, ppo_steps=100, dpo_steps=200,
+                   eval_every=25, test_pairs=500, eval_prompts=128, best_of=32, response_len=48,
+                   model=(), small_model=('--config.model.num_layers=2',
+                                          '--config.model.d_model=64',
+                                          '--config.model.num_heads=2')),
     'tiny': Scale(lm_steps=4, sft_steps=4, rm_steps=4, ppo_steps=2, dpo_steps=2, eval_every=1,
                   test_pairs=8, eval_prompts=4, best_of=4, response_len=4,
                   model=('--config.model.num_layers=1', '--config.model.d_model=32',
