@@ -145,10 +145,6 @@ PACKAGE_MODULES = {
 }
 
 
-def entry(name: str) -> Entry:
-  return DATASETS[name]
-
-
 def corpus(name: str) -> str:
   """The dataset whose documents (and tokenizer) a text dataset reads: a derived dataset's
   corpus; a corpus itself."""

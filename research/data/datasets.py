@@ -122,9 +122,3 @@ def data_source(data_cfg, split: str):
   ({'x': float32 [2], 'label'} for toy data; documents for text) -- research/data/sources.py."""
   validate(data_cfg)
   return sources.open_source(data_cfg.name, data_cfg.source, data_cfg.data_dir, split)
-
-
-def split_size(data_cfg, split: str) -> int:
-  """Number of examples in a split spec, without preparing (TFDS slicing rules)."""
-  return sources.split_size(data_cfg, split)
-
